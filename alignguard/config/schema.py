@@ -1,0 +1,239 @@
+"""Typed, frozen experiment configuration.
+
+One YAML file per experiment fills :class:`ExperimentConfig`; every section is a frozen
+pydantic model that forbids unknown keys, so a typo fails loudly with its full key path
+(see :mod:`alignguard.config.loader`). Defaults are the toy world's; the SD configs override.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from alignguard.data.taxonomy import CATEGORIES, Category
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+Probability = Annotated[float, Field(ge=0, le=1)]
+
+
+class Section(BaseModel):
+    """Base of every config section: immutable, strict about unknown keys."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+class RunSection(Section):
+    """Where a run's artifacts go and how it is seeded."""
+
+    name: str = Field("alignguard", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    output_dir: str = Field("runs/toy", min_length=1, description="local path, s3:// or gs:// URI")
+    seed: NonNegativeInt = 0
+
+
+class ModelSection(Section):
+    """The text-to-image model to align (and to render the pairs with)."""
+
+    family: Literal["toy", "sd15", "sd21", "sdxl"] = "toy"
+    path: str = Field("toyworld", min_length=1, description="'toyworld' (shipped), a local dir or a hub id")
+    revision: str | None = None
+    variant: str | None = Field(None, description="weights variant, e.g. 'fp16'")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    attention: Literal["sdpa", "eager"] = "sdpa"
+    scheduler: Literal["ddim", "ddpm", "pndm", "euler", "euler_a", "dpm++", "lms"] | None = None
+    resolution: PositiveInt = 32
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple_of_8(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError(f"must be a multiple of 8, got {value}")
+        return value
+
+
+class DataSection(Section):
+    """Where the prompt pairs come from and how they are split."""
+
+    source: Literal["toyworld", "csv", "llm"] = "toyworld"
+    path: str | None = Field(None, description="CoProV2-format CSV when source is 'csv'")
+    categories: tuple[Category, ...] = CATEGORIES
+    max_pairs_per_category: PositiveInt | None = None
+    test_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    dedup: bool = True
+
+    @model_validator(mode="after")
+    def _csv_needs_path(self) -> DataSection:
+        if self.source == "csv" and not self.path:
+            raise ValueError("data.path is required when data.source is 'csv'")
+        if len(set(self.categories)) != len(self.categories):
+            raise ValueError("data.categories lists a category twice")
+        return self
+
+
+class LLMSection(Section):
+    """Prompt-writing LLM for data.source = 'llm'."""
+
+    path: str | None = None
+    prompts_per_concept: PositiveInt = 8
+    batch_size: PositiveInt = 8
+    max_new_tokens: PositiveInt = 256
+    temperature: PositiveFloat = 0.8
+    max_retries: NonNegativeInt = 2
+    max_prompt_words: PositiveInt = 60
+
+
+class SynthesisSection(Section):
+    """Rendering both images of every pair with the model to be aligned (same seed)."""
+
+    pairs_per_concept: PositiveInt = 16
+    steps: PositiveInt = 20
+    guidance: NonNegativeFloat = 5.0
+    batch_size: PositiveInt = 16
+    image_format: Literal["png", "jpeg", "webp"] = "png"
+    cache_latents: bool = True
+    llm: LLMSection = LLMSection()
+
+
+class LoraSection(Section):
+    rank: PositiveInt = 4
+    alpha: PositiveFloat = 4.0
+    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    init: Literal["gaussian", "default"] = "gaussian"
+
+    @field_validator("target_modules")
+    @classmethod
+    def _non_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one target module is needed")
+        return value
+
+
+class TrainingSection(Section):
+    """Diffusion-DPO safety experts (one LoRA per category)."""
+
+    mode: Literal["lora", "full"] = "lora"
+    loss: Literal["dpo", "sft"] = "dpo"
+    beta: PositiveFloat = 5000.0
+    strategy: Literal["unsafe_prompt", "both_prompts"] = "both_prompts"
+    caption_dropout: Probability = 0.2
+    anchor_weight: NonNegativeFloat = 0.0
+    lora: LoraSection = LoraSection()
+    experts: Literal["per_category", "all_single", "both"] = "per_category"
+    steps: PositiveInt = 2000
+    batch_size: PositiveInt = 4
+    grad_accum: PositiveInt = 1
+    learning_rate: PositiveFloat = 1e-5
+    optimizer: Literal["adamw", "adafactor"] = "adamw"
+    weight_decay: NonNegativeFloat = 0.0
+    warmup_steps: NonNegativeInt = 0
+    max_grad_norm: PositiveFloat | None = 1.0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    zero_stage: Annotated[int, Field(ge=0, le=3)] = 0
+    offload_optimizer: bool = False
+    gradient_checkpointing: bool = False
+    checkpoint_every: PositiveInt = 100
+    monitor_every: PositiveInt = 100
+    monitor_prompts: NonNegativeInt = 16
+
+
+class CalibrationSection(Section):
+    prompts_per_category: PositiveInt = 16
+    timesteps: PositiveInt = 4
+    seed: NonNegativeInt = 0
+
+
+class MergeSection(Section):
+    """Merging the category experts into one LoRA."""
+
+    strategy: Literal[
+        "co_merge",
+        "linear",
+        "task_arithmetic",
+        "ties",
+        "dare_linear",
+        "dare_ties",
+        "magnitude_prune",
+        "concat",
+    ] = "co_merge"
+    granularity: Literal["element", "row"] = "element"
+    rank: PositiveInt | None = Field(None, description="SVD rank of the merged LoRA; null keeps it exact")
+    density: Annotated[float, Field(gt=0, le=1)] = 0.5
+    calibration: CalibrationSection = CalibrationSection()
+
+
+class EvaluationSection(Section):
+    steps: PositiveInt = 20
+    guidance: NonNegativeFloat = 5.0
+    prompts_per_category: PositiveInt = 100
+    seed: NonNegativeInt = 1234
+    nudenet_classes: Literal["genitalia", "exposed"] = "genitalia"
+    nudenet_threshold: Probability = 0.6
+    q16_path: str | None = None
+    clip_path: str | None = None
+    inception_path: str | None = None
+
+
+class AutoscalingSection(Section):
+    min_replicas: NonNegativeInt = 1
+    max_replicas: PositiveInt = 1
+    target_ongoing_requests: PositiveFloat = 2.0
+    upscale_delay_s: NonNegativeFloat = 10.0
+    downscale_delay_s: NonNegativeFloat = 60.0
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> AutoscalingSection:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})")
+        return self
+
+
+class ServeSection(Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    default_adapter: str = "merged"
+    allow_no_adapter: bool = False
+    max_batch_size: PositiveInt = 8
+    batch_wait_timeout_s: NonNegativeFloat = 0.05
+    max_ongoing_requests: PositiveInt = 16
+    max_queued_requests: PositiveInt = 64
+    request_timeout_s: PositiveFloat = 120.0
+    autoscaling: AutoscalingSection = AutoscalingSection()
+
+
+class StageResources(Section):
+    """Resources of one stage's workers. ``concurrency`` is actors (synthesis, evaluation) or
+    data-parallel workers per expert (training)."""
+
+    concurrency: PositiveInt = 1
+    num_gpus: NonNegativeFloat = 0.0
+    num_cpus: PositiveFloat = 1.0
+
+
+class TrainingResources(StageResources):
+    max_concurrent_experts: PositiveInt = 7
+
+
+class ResourcesSection(Section):
+    synthesis: StageResources = StageResources()
+    training: TrainingResources = TrainingResources()
+    merge: StageResources = StageResources()
+    evaluation: StageResources = StageResources()
+    serve: StageResources = StageResources()
+
+
+class ExperimentConfig(Section):
+    """A whole experiment: one YAML under ``configs/``."""
+
+    run: RunSection = RunSection()
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    synthesis: SynthesisSection = SynthesisSection()
+    training: TrainingSection = TrainingSection()
+    merge: MergeSection = MergeSection()
+    evaluation: EvaluationSection = EvaluationSection()
+    serve: ServeSection = ServeSection()
+    resources: ResourcesSection = ResourcesSection()

@@ -1,0 +1,37 @@
+"""Artifacts: run directories (local or object store), atomic writes, manifests, safetensors."""
+
+from alignguard.io.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    StageStatus,
+    Timings,
+    describe_outputs,
+    git_sha,
+    package_versions,
+    read_manifest,
+    sha256_bytes,
+    sha256_file,
+    stage_status,
+    write_manifest,
+)
+from alignguard.io.storage import RunDir, StorageError
+from alignguard.io.weights import load_tensors, save_tensors
+
+__all__ = [
+    "MANIFEST_NAME",
+    "Manifest",
+    "RunDir",
+    "StageStatus",
+    "StorageError",
+    "Timings",
+    "describe_outputs",
+    "git_sha",
+    "load_tensors",
+    "package_versions",
+    "read_manifest",
+    "save_tensors",
+    "sha256_bytes",
+    "sha256_file",
+    "stage_status",
+    "write_manifest",
+]

@@ -1,0 +1,1 @@
+"""Entrypoints: the ``alignguard`` command line and one thin script per ``ray job submit`` job."""

@@ -1,0 +1,1 @@
+"""The Ray Serve application for guarded generation (see the serving issue)."""

@@ -1,0 +1,81 @@
+"""The command line, run as a user runs it: the installed ``alignguard`` script and ``jobs/*.py``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from jobs.cli import build_parser, main
+
+
+def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_console_script_is_installed():
+    assert shutil.which("alignguard"), "pip install -e . installs the alignguard console script"
+
+
+def test_help_at_every_level_explains_itself(capsys):
+    parser = build_parser()
+    for argv in (
+        ["--help"],
+        ["config", "--help"],
+        ["data", "--help"],
+        ["data", "stats", "--help"],
+        ["doctor", "--help"],
+    ):
+        with pytest.raises(SystemExit) as info:
+            parser.parse_args(argv)
+        assert info.value.code == 0
+        out = capsys.readouterr().out
+        assert "usage: alignguard" in out and len(out.splitlines()) > 3
+    assert "key.sub=value" in (parser._subparsers._group_actions[0].choices["config"].format_help())
+
+
+def test_config_prints_the_override(repo):
+    result = run("alignguard", "config", "--config", str(repo / "configs/sd15.yaml"), "training.lora.rank=8")
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    assert config["training"]["lora"]["rank"] == 8
+    assert config["model"]["family"] == "sd15"
+
+
+def test_invalid_override_exits_nonzero_naming_the_key(repo):
+    result = run("alignguard", "config", "--config", str(repo / "configs/sd15.yaml"), "training.lora.rank=-1")
+    assert result.returncode == 2
+    assert "training.lora.rank" in result.stderr and "greater than 0" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_config_is_a_clear_error(capsys):
+    assert main(["config", "--config", "/nonexistent.yaml"]) == 2
+    assert "config file not found: /nonexistent.yaml" in capsys.readouterr().err
+
+
+def test_data_stats_on_the_real_file(coprov2_csv):
+    result = run("alignguard", "data", "stats", str(coprov2_csv))
+    assert result.returncode == 0, result.stderr
+    assert "pairs:                 15,690" in result.stdout
+    for category, count in [("hate", "4,393"), ("self_harm", "958"), ("illegal_activity", "1,923")]:
+        assert any(line.split() == [category, count] for line in result.stdout.splitlines()), result.stdout
+    as_json = json.loads(run("alignguard", "data", "stats", str(coprov2_csv), "--json").stdout)
+    assert as_json["pairs"] == 15_690 and sum(as_json["categories"].values()) == 16_043
+
+
+def test_data_stats_on_a_malformed_file(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("prompt,image,category\nx,u_idx_0_0.jpg,Gore\n")
+    assert main(["data", "stats", str(bad)]) == 2
+    assert f"{bad}:2: unknown category label 'Gore'" in capsys.readouterr().err
+
+
+def test_job_script_runs_from_any_directory(repo, tmp_path):
+    result = run(sys.executable, str(repo / "jobs/doctor.py"), "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "usage: alignguard doctor" in result.stdout
