@@ -13,6 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${ALIGNGUARD_VENV:-.venv}"
+case "$VENV" in /*) ;; *) VENV="$PWD/$VENV" ;; esac
 TORCH_SPEC="${ALIGNGUARD_TORCH:-torch==2.13.0}"
 
 setup() {
@@ -27,6 +28,9 @@ setup() {
   "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
   touch "$VENV/.installed"
 }
+
+# Subprocesses (Ray workers, `alignguard` in tests) use this environment too.
+export PATH="$VENV/bin:$PATH"
 
 command="${1:-help}"
 [ $# -gt 0 ] && shift

@@ -6,19 +6,25 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from jobs.cli import build_parser, main
 
+# The console script that `pip install -e .` put beside this interpreter (the venv need not be on PATH).
+ALIGNGUARD = shutil.which("alignguard", path=str(Path(sys.executable).parent)) or "alignguard"
+
 
 def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    if args[0] == "alignguard":
+        args = (ALIGNGUARD, *args[1:])
     return subprocess.run(args, capture_output=True, text=True, cwd=cwd, timeout=120)
 
 
 def test_console_script_is_installed():
-    assert shutil.which("alignguard"), "pip install -e . installs the alignguard console script"
+    assert Path(ALIGNGUARD).is_file(), "pip install -e . installs the alignguard console script"
 
 
 def test_help_at_every_level_explains_itself(capsys):
