@@ -8,7 +8,12 @@ import ray
 
 # Workers run one torch thread unless told otherwise: on small CPU machines oversubscribed
 # threads were 5-30x slower, and on GPU nodes the CPU threads only feed the device.
-DEFAULT_WORKER_ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+DEFAULT_WORKER_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    # transformers warns at import that torchvision is absent (we never need it): keep logs readable.
+    "TRANSFORMERS_VERBOSITY": "error",
+}
 
 
 def init_ray(address: str | None = None, *, log_to_driver: bool = True) -> None:

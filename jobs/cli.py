@@ -8,6 +8,7 @@ heavy dependencies lazily, so ``alignguard --help`` answers at once.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -24,9 +25,9 @@ Each job command reads an experiment YAML (configs/*.yaml) and accepts overrides
 
 
 def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
-    from jobs.commands import config, data, doctor, toyworld
+    from jobs.commands import config, data, doctor, synthesize, toyworld
 
-    return [config.register, data.register, toyworld.register, doctor.register]
+    return [config.register, data.register, synthesize.register, toyworld.register, doctor.register]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,11 +46,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from alignguard.config import ConfigError
     from alignguard.data import DataFormatError
     from alignguard.io import StorageError
+    from alignguard.synthesis.stage import StageConflictError
 
     args = build_parser().parse_args(argv)
+    # transformers warns at import that torchvision is absent (never needed here): keep output readable.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         return int(args.handler(args) or 0)
-    except (ConfigError, DataFormatError, StorageError, FileNotFoundError) as exc:
+    except (ConfigError, DataFormatError, StorageError, StageConflictError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

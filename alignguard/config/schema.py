@@ -87,7 +87,10 @@ class LLMSection(Section):
 
 
 class SynthesisSection(Section):
-    """Rendering both images of every pair with the model to be aligned (same seed)."""
+    """Rendering both images of every pair with the model to be aligned (same seed).
+
+    ``batch_size`` is pairs per shard: the unit of work, of retry and of atomic output (a killed
+    worker costs at most its in-flight shard)."""
 
     pairs_per_concept: PositiveInt = 16
     steps: PositiveInt = 20
@@ -95,6 +98,12 @@ class SynthesisSection(Section):
     batch_size: PositiveInt = 16
     image_format: Literal["png", "jpeg", "webp"] = "png"
     cache_latents: bool = True
+    cache_dtype: Literal["float32", "float16"] = "float32"
+    max_failed_shards: NonNegativeInt = 0
+    writers: PositiveInt = Field(
+        1, description="writer actors (image encoding + storage), off the render path"
+    )
+    writer_cpus: PositiveFloat = 0.25
     llm: LLMSection = LLMSection()
 
 

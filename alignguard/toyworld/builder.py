@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from alignguard.models.tokenizer import write_word_tokenizer
+from alignguard.toyworld.defaults import BuildSchedule
 from alignguard.toyworld.prompts import fill_template
 from alignguard.toyworld.world import (
     IMAGE_SIZE,
@@ -49,24 +50,6 @@ MAX_PROMPT_TOKENS = 16
 TEXT_HIDDEN = 64
 # SD1.5's noise schedule, so that schedulers, guidance and DPO see the familiar dynamics.
 NOISE_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
-
-
-@dataclass(frozen=True)
-class BuildSchedule:
-    """How long and how the builder trains. The defaults produce the shipped model."""
-
-    vae_steps: int = 600
-    vae_batch_size: int = 32
-    unet_steps: int = 3000
-    batch_size: int = 64
-    vae_lr: float = 2e-3
-    unet_lr: float = 1e-3
-    warmup_steps: int = 100
-    ema_decay: float = 0.998
-    caption_dropout: float = 0.1
-    kl_weight: float = 1e-6
-    pool_size: int = 16_384
-    seed: int = 0
 
 
 @dataclass
@@ -229,8 +212,9 @@ def train_denoiser(
     return ema_unet.state_dict(), ema_text.state_dict()
 
 
-def build_toy_model(out_dir: str | Path, schedule: BuildSchedule = BuildSchedule()) -> dict:
+def build_toy_model(out_dir: str | Path, schedule: BuildSchedule | None = None) -> dict:
     """Train the toy model and save it as a diffusers directory; returns build figures."""
+    schedule = schedule or BuildSchedule()
     torch.manual_seed(schedule.seed)
     rng = np.random.default_rng(schedule.seed)
     start = time.perf_counter()

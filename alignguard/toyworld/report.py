@@ -26,11 +26,9 @@ from diffusers import DiffusionPipeline
 from alignguard.data.taxonomy import CATEGORIES, Category
 from alignguard.generation import generate
 from alignguard.imaging import image_grid
+from alignguard.toyworld.defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from alignguard.toyworld.judge import Judgement, content_matches_prompt, judge, preserved
 from alignguard.toyworld.prompts import benign_prompts, category_pairs
-
-DEFAULT_STEPS = 10
-DEFAULT_GUIDANCE = 5.0
 
 
 @dataclass(frozen=True)

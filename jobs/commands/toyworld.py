@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _register_build(sub: argparse._SubParsersAction) -> None:
-    from alignguard.toyworld.builder import BuildSchedule
+    from alignguard.toyworld.defaults import BuildSchedule
 
     defaults = BuildSchedule()
     build = sub.add_parser(
@@ -50,7 +50,7 @@ def _register_build(sub: argparse._SubParsersAction) -> None:
 
 
 def _register_report(sub: argparse._SubParsersAction) -> None:
-    from alignguard.toyworld.report import DEFAULT_GUIDANCE, DEFAULT_STEPS
+    from alignguard.toyworld.defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
     report = sub.add_parser(
         "report",
@@ -75,7 +75,7 @@ def _register_report(sub: argparse._SubParsersAction) -> None:
 def run_build(args: argparse.Namespace) -> int:
     import torch
 
-    from alignguard.toyworld.builder import BuildSchedule
+    from alignguard.toyworld.defaults import BuildSchedule
     from alignguard.toyworld.paths import MODEL_DIR
     from alignguard.toyworld.publish import build_and_publish
 

@@ -1,0 +1,25 @@
+"""What a stage's identity is made of: the config sections that decide its outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from alignguard.config.schema import ExperimentConfig
+
+SYNTHESIS_SECTIONS = ("model", "data", "synthesis")
+
+
+class StageConflictError(RuntimeError):
+    """A stage directory holds outputs of a different config; nothing is overwritten silently."""
+
+
+def stage_config(config: ExperimentConfig, sections: tuple[str, ...] = SYNTHESIS_SECTIONS) -> dict:
+    """The part of the config a stage depends on (plus the run seed)."""
+    dumped = config.model_dump(mode="json")
+    return {"run.seed": config.run.seed, **{name: dumped[name] for name in sections}}
+
+
+def stage_config_hash(config: ExperimentConfig, sections: tuple[str, ...] = SYNTHESIS_SECTIONS) -> str:
+    canonical = json.dumps(stage_config(config, sections), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()

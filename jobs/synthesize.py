@@ -1,0 +1,10 @@
+"""Pair synthesis: ``ray job submit --working-dir . -- python jobs/synthesize.py --config F [k=v ...]``."""
+
+import sys
+
+import _bootstrap  # noqa: F401  (puts the repository root on sys.path)
+
+from jobs.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["synthesize", *sys.argv[1:]]))
