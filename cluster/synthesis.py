@@ -111,13 +111,22 @@ class SynthesisSummary:
 
 
 def run_synthesis(config: ExperimentConfig) -> SynthesisSummary:
-    """Render every planned pair that is not yet complete, then seal the stage with its manifest."""
+    """Render every planned pair that is not yet complete, then seal the stage with its manifest.
+
+    With ``data.source: llm`` the prompt stage runs first (and is itself skipped when complete)."""
+    notes = []
+    if config.data.source == "llm":
+        from cluster.prompts import run_prompt_stage
+
+        notes = run_prompt_stage(config).lines()
     run_dir = RunDir(config.run.output_dir)
     stage = run_dir.sub(STAGE)
     config_hash = stage_config_hash(config)
     existing = read_manifest(stage) if stage.exists("manifest.json") else None
     if existing is not None and stage_status(stage, config_hash, verify_hashes=False).complete:
-        return _summary_of_complete_stage(stage, existing)
+        summary = _summary_of_complete_stage(stage, existing)
+        summary.notes[:0] = notes
+        return summary
     _claim_plan(stage, config_hash)
     train, heldout = train_test_pairs(config, run_dir)
     shards = plan_shards(train, config.run.seed, config.synthesis.batch_size)
@@ -136,6 +145,7 @@ def run_synthesis(config: ExperimentConfig) -> SynthesisSummary:
         seconds=seconds,
         failed_shards=len(missing),
         stage_uri=stage.uri,
+        notes=notes,
     )
     if missing:
         summary.notes.append(f"  {len(missing)} shard(s) failed; run the same command again to finish them")
@@ -237,3 +247,89 @@ def _summary_of_complete_stage(stage: RunDir, manifest: dict) -> SynthesisSummar
 def _category_counts(categories) -> dict[str, int]:
     counts = Counter(categories)
     return {category: counts.get(category, 0) for category in CATEGORIES}
+
+
+def import_pickapic_stage(
+    config: ExperimentConfig, table_path: str, category: str | None = None
+) -> SynthesisSummary:
+    """Build ``<run>/synthesis/`` from a Pick-a-Pic-layout table instead of rendering.
+
+    Images are resized to ``model.resolution`` if needed; the training cache is encoded with the
+    configured model in this process. Each row becomes one pair (see ``alignguard.synthesis.interop``).
+    """
+    from alignguard.data.taxonomy import normalize_category
+    from alignguard.models.loading import load_pipeline
+    from alignguard.synthesis.interop import read_pickapic
+    from alignguard.synthesis.plan import PlannedPair
+    from alignguard.synthesis.render import encode_images, encode_prompts
+
+    stage = RunDir(config.run.output_dir).sub(STAGE)
+    if stage.exists("manifest.json") or stage.exists(PLAN_FILE):
+        raise StageConflictError(
+            f"{stage.uri} already holds a synthesis stage; import into a new run.output_dir"
+        )
+    with open(table_path, "rb") as handle:
+        preferences = list(read_pickapic(handle.read(), table_path))
+    start = time.perf_counter()
+    pipe = load_pipeline(config.model)
+    resolution = config.model.resolution
+    planned = []
+    for pref in preferences:
+        label = pref.category or category
+        if label is None:
+            raise ValueError(f"{table_path}: no category column; pass --category")
+        planned.append(
+            PlannedPair(pref.row_id, pref.caption, pref.caption, (normalize_category(label),), None, 0)
+        )
+    size = config.synthesis.batch_size
+    shards = [Shard(i, tuple(planned[s : s + size])) for i, s in enumerate(range(0, len(planned), size))]
+    stage.write_json(PLAN_FILE, {"config_hash": stage_config_hash(config), "imported_from": table_path})
+    for shard, offset in zip(shards, range(0, len(planned), size), strict=True):
+        chunk = preferences[offset : offset + size]
+        safe = np.stack([_resize(p.preferred, resolution) for p in chunk])
+        unsafe = np.stack([_resize(p.rejected, resolution) for p in chunk])
+        latents = encode_images(pipe, np.concatenate([unsafe, safe])).numpy()
+        text = encode_prompts(pipe, [p.caption for p in chunk], resolution)
+        empty = encode_prompts(pipe, [""], resolution)
+        rendered = {
+            "unsafe_images": unsafe,
+            "safe_images": safe,
+            "latents_unsafe": latents[: len(chunk)],
+            "latents_safe": latents[len(chunk) :],
+        }
+        for name, tensor in text.items():
+            if name == "time_ids":
+                rendered["time_ids"] = tensor.numpy()
+            else:
+                rendered[f"{name}_unsafe"] = rendered[f"{name}_safe"] = tensor.numpy()
+        rendered.update({f"empty_{k}": v.numpy() for k, v in empty.items() if k != "time_ids"})
+        write_shard(
+            stage,
+            shard,
+            rendered,
+            config.synthesis.image_format,
+            config.synthesis.cache_dtype,
+            config.model.path,
+        )
+    seconds = time.perf_counter() - start
+    _seal(config, stage, shards, [], stage_config_hash(config), seconds)
+    return SynthesisSummary(
+        pairs=len(planned),
+        per_category=_category_counts(p.category for p in planned),
+        rendered_pairs=len(planned),
+        skipped_pairs=0,
+        heldout_pairs=0,
+        seconds=seconds,
+        stage_uri=stage.uri,
+        notes=[
+            f"  imported from {table_path} (each row one pair; train with training.strategy=unsafe_prompt)"
+        ],
+    )
+
+
+def _resize(image: np.ndarray, resolution: int) -> np.ndarray:
+    if image.shape[:2] == (resolution, resolution):
+        return image
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((resolution, resolution), Image.BICUBIC))

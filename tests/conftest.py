@@ -41,7 +41,13 @@ def ray_cluster():
             address="local",
             num_cpus=4,  # logical: lets fractional-CPU workers and drivers co-schedule on 2 cores
             include_dashboard=False,
-            runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}},
+            runtime_env={
+                "env_vars": {
+                    "OMP_NUM_THREADS": "1",
+                    "TOKENIZERS_PARALLELISM": "false",
+                    "TRANSFORMERS_VERBOSITY": "error",
+                }
+            },
             logging_level="WARNING",
         )
         # A stage asking for resources the test cluster lacks must fail, not hang forever.

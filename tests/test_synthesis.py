@@ -173,3 +173,65 @@ def _plan(config):
 
     train, _ = train_test_pairs(config, RunDir(config.run.output_dir))
     return plan_shards(train, config.run.seed, config.synthesis.batch_size)
+
+
+@pytest.mark.slow
+def test_pickapic_export_then_import_roundtrip(ray_cluster, repo, tmp_path):
+    import pyarrow.parquet as pq
+
+    from cluster.synthesis import import_pickapic_stage
+    from jobs.cli import main
+
+    source = tmp_path / "source"
+    overrides = [f"run.output_dir={source}", "data.categories=[violence]"]
+    config = load_config(repo / "configs/toy-smoke.yaml", overrides)
+    summary = run_synthesis(config)
+    table = tmp_path / "pairs.parquet"
+    assert (
+        main(
+            [
+                "data",
+                "export-pickapic",
+                "--config",
+                str(repo / "configs/toy-smoke.yaml"),
+                *overrides,
+                "--out",
+                str(table),
+            ]
+        )
+        == 0
+    )
+    rows = pq.read_table(table).to_pylist()
+    assert len(rows) == 2 * summary.pairs and {r["label_0"] for r in rows} == {1}
+    pairs = read_pairs_table(RunDir(source / "synthesis"))
+    assert {r["caption"] for r in rows} == {p["unsafe_prompt"] for p in pairs} | {
+        p["safe_prompt"] for p in pairs
+    }
+
+    imported = load_config(repo / "configs/toy-smoke.yaml", [f"run.output_dir={tmp_path / 'imported'}"])
+    result = import_pickapic_stage(imported, str(table))
+    assert result.pairs == len(rows) and result.per_category["violence"] == len(rows)
+    imported_stage = RunDir(tmp_path / "imported" / "synthesis")
+    assert stage_status(imported_stage).complete
+    assert len(load_pair_cache(imported_stage)) == len(rows)
+    # The preferred image of the first row is the source pair's safe image (up to JPEG at quality 95).
+    first_import = read_pairs_table(imported_stage)[0]
+    source_pair = next(
+        r for r in read_pairs_table(RunDir(source / "synthesis")) if r["pair_id"] == rows[0]["pair_id"]
+    )
+    assert first_import["unsafe_prompt"] == first_import["safe_prompt"] == rows[0]["caption"]
+    assert (
+        np.abs(
+            _image(imported_stage, first_import["safe_image"])
+            - _image(RunDir(source / "synthesis"), source_pair["safe_image"])
+        ).mean()
+        < 0.02
+    )
+
+
+def _image(stage: RunDir, rel: str) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(stage.read_bytes(rel))), dtype=np.float32) / 255.0

@@ -66,7 +66,7 @@ class DataSection(Section):
     dedup: bool = True
 
     @model_validator(mode="after")
-    def _csv_needs_path(self) -> DataSection:
+    def _source_needs_path(self) -> DataSection:
         if self.source == "csv" and not self.path:
             raise ValueError("data.path is required when data.source is 'csv'")
         if len(set(self.categories)) != len(self.categories):
@@ -75,9 +75,12 @@ class DataSection(Section):
 
 
 class LLMSection(Section):
-    """Prompt-writing LLM for data.source = 'llm'."""
+    """Prompt-writing LLM for data.source = 'llm' (a local path or hub id of a chat model)."""
 
     path: str | None = None
+    concepts: str | None = Field(
+        None, description="YAML of category -> concepts; default: the built-in starter list"
+    )
     prompts_per_concept: PositiveInt = 8
     batch_size: PositiveInt = 8
     max_new_tokens: PositiveInt = 256
@@ -227,6 +230,7 @@ class TrainingResources(StageResources):
 
 
 class ResourcesSection(Section):
+    prompts: StageResources = StageResources()
     synthesis: StageResources = StageResources()
     training: TrainingResources = TrainingResources()
     merge: StageResources = StageResources()
@@ -246,3 +250,9 @@ class ExperimentConfig(Section):
     evaluation: EvaluationSection = EvaluationSection()
     serve: ServeSection = ServeSection()
     resources: ResourcesSection = ResourcesSection()
+
+    @model_validator(mode="after")
+    def _cross_section_rules(self) -> ExperimentConfig:
+        if self.data.source == "llm" and not self.synthesis.llm.path:
+            raise ValueError("synthesis.llm.path is required when data.source is 'llm'")
+        return self

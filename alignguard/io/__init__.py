@@ -15,7 +15,17 @@ from alignguard.io.manifest import (
     write_manifest,
 )
 from alignguard.io.storage import RunDir, StorageError
-from alignguard.io.weights import load_tensors, save_tensors
+
+
+def __getattr__(name: str):
+    # The safetensors helpers need torch: import them on first use, so light workers (image
+    # writers) that only need run directories and manifests start without loading torch.
+    if name in ("load_tensors", "save_tensors"):
+        from alignguard.io import weights
+
+        return getattr(weights, name)
+    raise AttributeError(f"module 'alignguard.io' has no attribute {name!r}")
+
 
 __all__ = [
     "MANIFEST_NAME",

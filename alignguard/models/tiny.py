@@ -142,3 +142,51 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
         unet=unet,
         scheduler=scheduler,
     )
+
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def tiny_causal_lm(directory: str | Path, seed: int = 0) -> Path:
+    """Save a tiny random-weight causal LM (Llama layout) with a chat template into ``directory``.
+
+    Its word-level tokenizer knows :data:`TINY_WORDS` and JSON punctuation only, so a random model
+    emits a closing quote often enough to exercise both the parse path and the malformed path.
+    Loads with ``AutoModelForCausalLM`` / ``AutoTokenizer`` like any local LLM.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    directory = Path(directory)
+    specials = ["<|pad|>", "<|eos|>", "<|unk|>", "<|system|>", "<|user|>", "<|assistant|>"]
+    words = [*specials, *TINY_WORDS, '"', "{", "}", ":", ",", "unsafe", "safe"]
+    backend = Tokenizer(
+        models.WordLevel({w: i for i, w in enumerate(dict.fromkeys(words))}, unk_token="<|unk|>")
+    )
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<|pad|>", eos_token="<|eos|>", unk_token="<|unk|>"
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": specials[3:]})
+    tokenizer.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
