@@ -13,7 +13,15 @@ from alignguard.merge.calibration import (
     LayerMismatchError,
     collect_activation_stats,
 )
-from alignguard.merge.engine import MergeOptions, MergeResult, merge_experts, merge_layer, merged_delta
+from alignguard.merge.engine import (
+    MergedDelta,
+    MergeOptions,
+    MergeResult,
+    factorize,
+    merge_delta,
+    merge_experts,
+    merge_layer,
+)
 from alignguard.merge.factorize import Factors, concat_factors, svd_factors, truncate_factors
 from alignguard.merge.lora_file import LoraFile, LoraFormatError, LoraLayer, lora_file_bytes, read_lora_bytes
 from alignguard.merge.strategies import ROW_WEIGHTED, STRATEGIES
@@ -30,12 +38,14 @@ __all__ = [
     "LoraLayer",
     "MergeOptions",
     "MergeResult",
+    "MergedDelta",
     "collect_activation_stats",
     "concat_factors",
+    "factorize",
     "lora_file_bytes",
+    "merge_delta",
     "merge_experts",
     "merge_layer",
-    "merged_delta",
     "read_lora_bytes",
     "svd_factors",
     "truncate_factors",

@@ -36,6 +36,27 @@ def element_winners(stack: torch.Tensor, input_abs_mean: torch.Tensor) -> torch.
     return scores.argmax(dim=0)
 
 
+def select_most_active(
+    block: torch.Tensor, input_abs_mean: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(merged ``[rows, in]``, winners ``[rows, in]`` as float indices) of ``block [n, rows, in]``
+    in one sweep over the experts: the same result as :func:`element_winners` + :func:`select`
+    (ties to the lowest index). An argmax across the outer dimension, ``torch.where`` and
+    ``masked_fill`` are all ~10x slower on CPU than this arithmetic (``lerp`` with a 0/1 weight
+    selects exactly)."""
+    weights = input_abs_mean.to(block)
+    best = block[0].abs().mul_(weights[0])
+    merged = block[0].clone()
+    winners = torch.zeros_like(merged)
+    for i in range(1, block.shape[0]):
+        score = block[i].abs().mul_(weights[i])
+        better = (score > best).to(block.dtype)
+        merged.lerp_(block[i], better)
+        winners.lerp_(torch.full_like(winners, i), better)
+        torch.maximum(best, score, out=best)
+    return merged, winners
+
+
 def row_winners(output_abs_mean: torch.Tensor) -> torch.Tensor:
     """Winner index ``[out]`` of S_i[o] = mean |(ΔW_i x)_o|; ``output_abs_mean [n, out]``."""
     return output_abs_mean.argmax(dim=0)

@@ -48,47 +48,111 @@ def magnitude_trim(delta: torch.Tensor, density: float) -> torch.Tensor:
     """``delta`` with all but its top-``density`` share of entries (by |value|) set to 0."""
     if density >= 1:
         return delta
-    keep = int(density * delta.numel())
-    if keep <= 0:
-        return torch.zeros_like(delta)
-    magnitude = delta.abs().reshape(-1)
-    threshold = magnitude.kthvalue(magnitude.numel() - keep + 1).values
-    return torch.where(delta.abs() >= threshold, delta, torch.zeros_like(delta))
+    return delta * (delta.abs() >= trim_threshold(delta, density))
+
+
+def kth_smallest(values: torch.Tensor, k: int, sample_size: int = 1 << 13) -> torch.Tensor:
+    """The exact k-th smallest (1-based) of 1-D ``values``, several times faster than
+    ``kthvalue`` on millions of entries: a fixed-seed sample brackets the answer, then only the
+    entries inside the bracket are selected from (falls back to ``kthvalue`` if the bracket misses;
+    the sample affects speed only, never the result)."""
+    n = values.numel()
+    if n <= 8 * sample_size:
+        return values.kthvalue(k).values
+    index = torch.randint(n, (sample_size,), generator=torch.Generator().manual_seed(0)).to(values.device)
+    sample = values[index].sort().values
+    q, width = k / n, 4.5 * (k / n * (1 - k / n) / sample_size) ** 0.5 + 8 / sample_size
+    low = sample[int(max(q - width, 0.0) * (sample_size - 1))] if q - width > 0 else values.min()
+    high = sample[int(min(q + width, 1.0) * (sample_size - 1))] if q + width < 1 else values.max()
+    at_least_low = values >= low
+    below = n - int(torch.count_nonzero(at_least_low))  # count_nonzero: 2x faster than a bool sum
+    inside = values[at_least_low & (values <= high)]
+    if not below < k <= below + inside.numel():
+        return values.kthvalue(k).values
+    return inside.kthvalue(k - below).values
 
 
 def random_drop(delta: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
     """DARE: drop entries with probability 1 − density, rescale the rest by 1/density."""
+    return random_drop_(delta.clone(), density, generator)
+
+
+def random_drop_(block: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
+    """:func:`random_drop` in place (``block`` is a temporary).
+
+    Each entry is kept with probability p = round(density·2¹⁵)/2¹⁵ (density to 3e-5) and the
+    survivors are divided by p, so the expectation is exact. The draws are the low 15 bits of the
+    16-bit lanes of random int64 words (four per word): 3x faster on CPU than ``torch.rand``."""
     if density >= 1:
-        return delta
-    keep = torch.rand(delta.shape, generator=generator, device=delta.device) < density
-    return torch.where(keep, delta / density, torch.zeros_like(delta))
+        return block
+    level = min(max(round(density * 32768), 1), 32767)
+    count = block.numel()
+    words = torch.empty((count + 3) // 4, dtype=torch.int64, device=block.device).random_(generator=generator)
+    lanes = words.view(torch.int16)[:count].bitwise_and_(0x7FFF)  # uniform on [0, 2^15)
+    return block.mul_((lanes < level).reshape(block.shape)).div_(level / 32768)
 
 
 def elect_and_average(stack: torch.Tensor) -> torch.Tensor:
-    """TIES sign election (sign of the sum) and disjoint mean of ``stack [n, out, in]``."""
-    elected = torch.where(stack.sum(dim=0) >= 0, 1.0, -1.0)
-    agree = stack.sign() == elected  # zeros (trimmed or dropped) never agree
-    total = torch.where(agree, stack, torch.zeros_like(stack)).sum(dim=0)
-    return total / agree.sum(dim=0).clamp(min=1)
+    """TIES sign election (sign of the sum) and disjoint mean of ``stack [n, ...]``.
+
+    With e = ±1 the elected sign, an entry agrees when e·x > 0 (zeros — trimmed or dropped —
+    never do), and the agreeing entries sum to e·Σ max(e·x, 0): the same numbers as peft's
+    mask-and-sum, in fewer passes."""
+    # Arithmetic on float masks throughout: torch.where / masked_fill are ~10x slower on CPU.
+    elected = (stack.sum(dim=0) >= 0).to(stack.dtype).mul_(2).sub_(1)
+    aligned = stack * elected
+    count = (aligned > 0).to(stack.dtype).sum(dim=0)
+    return aligned.clamp_(min=0).sum(dim=0).mul_(elected).div_(count.clamp_(min=1))
+
+
+def trim_threshold(delta: torch.Tensor, density: float) -> float:
+    """The magnitude at or above which :func:`magnitude_trim` keeps an entry of ``delta``."""
+    if density >= 1:
+        return 0.0
+    keep = int(density * delta.numel())
+    if keep <= 0:
+        return float("inf")
+    magnitude = delta.abs().reshape(-1)
+    return float(kth_smallest(magnitude, magnitude.numel() - keep + 1))
+
+
+def merge_block(
+    block: torch.Tensor,
+    strategy: str,
+    density: float = 1.0,
+    thresholds: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Merged ΔW of ``block [n, rows, in]`` (whole matrices or row blocks of them; a temporary
+    that is overwritten) by a rule other than ``co_merge``. ``thresholds [n]``: each expert's
+    whole-matrix trim threshold (``ties``, ``magnitude_prune``); ``generator``: DARE's drops,
+    consumed block after block."""
+    if strategy == "linear":
+        return block.mean(dim=0)
+    if strategy in ("task_arithmetic", "concat"):
+        return block.sum(dim=0)
+    if strategy in ("magnitude_prune", "ties"):
+        if thresholds is None:
+            raise ValueError(f"{strategy} needs the experts' trim thresholds")
+        limit = thresholds.to(block.device, block.dtype).reshape(-1, *([1] * (block.ndim - 1)))
+        trimmed = block.mul_(block.abs() >= limit)
+        return trimmed.sum(dim=0) if strategy == "magnitude_prune" else elect_and_average(trimmed)
+    if strategy in ("dare_linear", "dare_ties"):
+        if generator is None:
+            raise ValueError(f"{strategy} needs a seeded generator")
+        dropped = random_drop_(block, density, generator)
+        return dropped.sum(dim=0) if strategy == "dare_linear" else elect_and_average(dropped)
+    raise ValueError(f"unknown merge strategy {strategy!r}; expected one of {STRATEGIES}")
 
 
 def dense_merge(
     stack: torch.Tensor, strategy: str, density: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Merged ΔW ``[out, in]`` of ``stack [n, out, in]`` by a rule other than ``co_merge``."""
-    if strategy == "linear":
-        return stack.mean(dim=0)
-    if strategy in ("task_arithmetic", "concat"):
-        return stack.sum(dim=0)
+    """Merged ΔW ``[out, in]`` of whole matrices ``stack [n, out, in]`` (no ``co_merge``)."""
+    thresholds = None
     if strategy in ("magnitude_prune", "ties"):
-        trimmed = torch.stack([magnitude_trim(delta, density) for delta in stack])
-        return trimmed.sum(dim=0) if strategy == "magnitude_prune" else elect_and_average(trimmed)
-    if strategy in ("dare_linear", "dare_ties"):
-        if generator is None:
-            raise ValueError(f"{strategy} needs a seeded generator")
-        dropped = torch.stack([random_drop(delta, density, generator) for delta in stack])
-        return dropped.sum(dim=0) if strategy == "dare_linear" else elect_and_average(dropped)
-    raise ValueError(f"unknown merge strategy {strategy!r}; expected one of {STRATEGIES}")
+        thresholds = torch.tensor([trim_threshold(delta, density) for delta in stack])
+    return merge_block(stack.clone(), strategy, density, thresholds, generator)
 
 
 def row_weights(strategy: str, n: int, out: int) -> torch.Tensor:
