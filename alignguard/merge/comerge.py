@@ -50,7 +50,7 @@ def select_most_active(
     winners = torch.zeros_like(merged)
     for i in range(1, block.shape[0]):
         score = block[i].abs().mul_(weights[i])
-        better = (score > best).to(block.dtype)
+        better = (score - best).sign_().clamp_(min=0)  # 1.0 where strictly more active (float, fast)
         merged.lerp_(block[i], better)
         winners.lerp_(torch.full_like(winners, i), better)
         torch.maximum(best, score, out=best)

@@ -11,6 +11,10 @@ Reads ``<run>/experts/<category>/pytorch_lora_weights.safetensors`` for every ca
 - ``merge_baselines/<name>/{pytorch_lora_weights.safetensors, merge_report.json}`` for every name
   in ``merge.baselines`` (same rank, density and scale), then ``merge_baselines/manifest.json``;
 - ``merged/manifest.json`` last. A rerun with the same inputs and merge config is skipped.
+
+``config_hash`` in these manifests is the merge's own key (``merge`` and ``model`` sections, run
+seed, the experts' sha256): editing an unrelated section (evaluation, serve) keeps a merge valid,
+retraining an expert invalidates it.
 """
 
 from __future__ import annotations
