@@ -42,9 +42,9 @@ class MergeActor:
 def run_merge(config: ExperimentConfig, force: bool = False) -> dict[str, Any]:
     """Check the inputs here (cheap, before claiming a GPU), then merge in a Ray actor."""
     from alignguard.io import RunDir
-    from alignguard.merge.stage import check_experts
+    from alignguard.merge.stage import preflight
 
-    check_experts(RunDir(config.run.output_dir), config)
+    preflight(RunDir(config.run.output_dir), config)
     init_ray()
     resources = config.resources.merge
     actor = (

@@ -63,6 +63,15 @@ def test_a_damaged_expert_is_refused(repo, tmp_path):
         check_experts(RunDir(tmp_path), config)
 
 
+def test_co_merge_without_a_calibration_source_fails_before_any_work(repo, tmp_path, capsys):
+    config = load_config(repo / SMOKE, [f"run.output_dir={tmp_path}", "data.categories=[hate]"])
+    _write_toy_experts(tmp_path, config)
+    overrides = [f"run.output_dir={tmp_path}", "data.categories=[hate]", "merge.calibration.source=synthesis"]
+    assert main(["merge", "--config", str(repo / SMOKE), *overrides]) == 2
+    assert "merge.calibration.source='synthesis': no provider" in capsys.readouterr().err
+    assert not (tmp_path / MERGED_DIR).exists()
+
+
 def test_the_job_script_answers_help(repo):
     result = subprocess.run(
         [sys.executable, "jobs/merge.py", "--help"], cwd=repo, capture_output=True, text=True, timeout=60

@@ -84,6 +84,19 @@ def check_experts(run: RunDir, config: ExperimentConfig) -> dict[str, str]:
     return paths
 
 
+def preflight(run: RunDir, config: ExperimentConfig) -> dict[str, str]:
+    """Everything that can be checked without loading a model: the experts, and (for Co-Merge)
+    that a calibration set can be built. Returns the expert files."""
+    paths = check_experts(run, config)
+    main, baselines = variants(config)
+    if any(o.strategy == "co_merge" for o in (main, *baselines.values())):
+        from alignguard.merge.providers import CalibrationUnavailable, select_provider
+
+        with _as_input_error(CalibrationUnavailable):
+            select_provider(config, run)
+    return paths
+
+
 def load_experts(run: RunDir, paths: dict[str, str]) -> tuple[dict[str, LoraFile], dict[str, str]]:
     """Parsed experts and the sha256 of each file."""
     experts, hashes = {}, {}
@@ -234,7 +247,7 @@ def run_merge_stage(
     """Run (or skip, when already complete for these inputs) the merge stage; returns a summary."""
     run, timings = RunDir(config.run.output_dir), Timings()
     with timings.measure("load_experts"):
-        paths = check_experts(run, config)
+        paths = preflight(run, config)
         experts, hashes = load_experts(run, paths)
     key = stage_hash(config, hashes)
     if not force and _is_done(run, config, key):

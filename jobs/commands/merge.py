@@ -47,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_args_config(args)
     try:
         summary = run_merge(config, force=args.force)
-    except MergeInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except MergeInputError as exc:  # raised here, or in the actor (then Ray wraps it: show the cause)
+        print(f"error: {getattr(exc, 'cause', None) or exc}", file=sys.stderr)
         return EXIT_USAGE
     print(json.dumps(summary))
     return 0
