@@ -153,9 +153,28 @@ class TrainingSection(Section):
 
 
 class CalibrationSection(Section):
+    """Co-Merge's calibration set: prompts of every category, noised latents at sampled timesteps."""
+
     prompts_per_category: PositiveInt = 16
-    timesteps: PositiveInt = 4
+    timesteps: PositiveInt = Field(4, description="noise levels sampled per calibration sample")
     seed: NonNegativeInt = 0
+    source: Literal["auto", "toyworld", "synthesis"] = Field(
+        "auto", description="auto: the synthesis cache when complete, else the toy world's scenes"
+    )
+    batch_size: PositiveInt = 32
+
+
+MergeBaseline = Literal[
+    "co_merge_element",
+    "co_merge_row",
+    "linear",
+    "task_arithmetic",
+    "ties",
+    "dare_linear",
+    "dare_ties",
+    "magnitude_prune",
+    "concat",
+]
 
 
 class MergeSection(Section):
@@ -175,6 +194,22 @@ class MergeSection(Section):
     rank: PositiveInt | None = Field(None, description="SVD rank of the merged LoRA; null keeps it exact")
     density: Annotated[float, Field(gt=0, le=1)] = 0.5
     calibration: CalibrationSection = CalibrationSection()
+    scale: PositiveFloat = Field(1.0, description="λ multiplying the merged ΔW (every strategy)")
+    svd: Literal["exact", "randomized"] = Field("exact", description="SVD used when merge.rank is set")
+    baselines: tuple[MergeBaseline, ...] = Field(
+        (), description="also write these merges to <run>/merge_baselines/<name>/ (same rank, density, scale)"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MergeSection:
+        if self.strategy == "concat" and self.rank is not None:
+            raise ValueError(
+                "merge.rank must be null for strategy 'concat' (concatenation is exact by definition; "
+                "use task_arithmetic with merge.rank for a truncated sum)"
+            )
+        if len(set(self.baselines)) != len(self.baselines):
+            raise ValueError("merge.baselines lists a baseline twice")
+        return self
 
 
 class EvaluationSection(Section):

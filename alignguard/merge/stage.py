@@ -1,0 +1,292 @@
+"""The merge stage: experts of a run → ``<run>/merged/`` (and ``<run>/merge_baselines/``).
+
+Reads ``<run>/experts/<category>/pytorch_lora_weights.safetensors`` for every category in
+``data.categories`` (each expert directory's manifest must verify). Writes:
+
+- ``merged/pytorch_lora_weights.safetensors``: the configured strategy, diffusers format;
+- ``merged/merge_report.json``: options, experts, calibration, summary and per-layer diagnostics;
+- ``merged/calibration_stats.safetensors`` (Co-Merge): mean |x_j| and mean |(ΔW_i x)_o| per layer
+  and expert, so a merge can be re-derived without re-running the UNet;
+- ``merged/*.png``: winner share, sign conflicts, ΔW norms, SVD energy kept;
+- ``merge_baselines/<name>/{pytorch_lora_weights.safetensors, merge_report.json}`` for every name
+  in ``merge.baselines`` (same rank, density and scale), then ``merge_baselines/manifest.json``;
+- ``merged/manifest.json`` last. A rerun with the same inputs and merge config is skipped.
+
+``config_hash`` in these manifests is the merge's own key (``merge`` and ``model`` sections, run
+seed, the experts' sha256): editing an unrelated section (evaluation, serve) keeps a merge valid,
+retraining an expert invalidates it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+
+import torch
+from tqdm.auto import tqdm
+
+from alignguard.config.schema import ExperimentConfig
+from alignguard.io import (
+    Manifest,
+    RunDir,
+    Timings,
+    describe_outputs,
+    save_tensors,
+    sha256_bytes,
+    stage_status,
+    write_manifest,
+)
+from alignguard.merge.calibration import ActivationStats, LayerMismatchError, collect_activation_stats
+from alignguard.merge.engine import MergeOptions, MergeResult, merge_experts
+from alignguard.merge.lora_file import LoraFile, LoraFormatError, lora_file_bytes, read_lora_bytes
+from alignguard.merge.plots import render_plots
+
+LORA_NAME = "pytorch_lora_weights.safetensors"
+REPORT_NAME = "merge_report.json"
+STATS_NAME = "calibration_stats.safetensors"
+MERGED_DIR = "merged"
+BASELINES_DIR = "merge_baselines"
+
+
+class MergeInputError(ValueError):
+    """The run's experts (or calibration set) cannot be merged; the message says which and why."""
+
+
+@contextlib.contextmanager
+def _as_input_error(*errors: type[Exception]) -> Iterator[None]:
+    try:
+        yield
+    except errors as exc:
+        raise MergeInputError(str(exc)) from None
+
+
+def expert_paths(config: ExperimentConfig) -> dict[str, str]:
+    """Expert name → path of its LoRA file relative to the run directory."""
+    return {c: f"experts/{c}/{LORA_NAME}" for c in config.data.categories}
+
+
+def check_experts(run: RunDir, config: ExperimentConfig) -> dict[str, str]:
+    """The expert files, after checking each exists and its directory's manifest verifies."""
+    paths, problems = expert_paths(config), []
+    for name, rel in paths.items():
+        status = stage_status(run.sub(f"experts/{name}"), verify_hashes=False)
+        if not run.exists(rel):
+            problems.append(f"{name}: {run.url(rel)} is missing")
+        elif not status.complete:
+            why = "; ".join(status.reasons) or "no manifest.json (training did not finish)"
+            problems.append(f"{name}: {run.url('experts', name)} is not complete ({why})")
+    if problems:
+        raise MergeInputError("cannot merge, experts not ready:\n  " + "\n  ".join(problems))
+    return paths
+
+
+def preflight(run: RunDir, config: ExperimentConfig) -> dict[str, str]:
+    """Everything that can be checked without loading a model: the experts, and (for Co-Merge)
+    that a calibration set can be built. Returns the expert files."""
+    paths = check_experts(run, config)
+    main, baselines = variants(config)
+    if any(o.strategy == "co_merge" for o in (main, *baselines.values())):
+        from alignguard.merge.providers import CalibrationUnavailable, select_provider
+
+        with _as_input_error(CalibrationUnavailable):
+            select_provider(config, run)
+    return paths
+
+
+def load_experts(run: RunDir, paths: dict[str, str]) -> tuple[dict[str, LoraFile], dict[str, str]]:
+    """Parsed experts and the sha256 of each file."""
+    experts, hashes = {}, {}
+    for name, rel in paths.items():
+        data = run.read_bytes(rel)
+        hashes[name] = sha256_bytes(data)
+        with _as_input_error(LoraFormatError):
+            experts[name] = read_lora_bytes(data, source=run.url(rel))
+    return experts, hashes
+
+
+def variants(config: ExperimentConfig) -> tuple[MergeOptions, dict[str, MergeOptions]]:
+    """The configured merge and the baselines, as engine options."""
+    merge = config.merge
+    common = dict(
+        rank=merge.rank, density=merge.density, scale=merge.scale, svd=merge.svd, seed=config.run.seed
+    )
+    main = MergeOptions(strategy=merge.strategy, granularity=merge.granularity, **common)
+    baselines = {}
+    for name in merge.baselines:
+        if name.startswith("co_merge_"):
+            options = MergeOptions(strategy="co_merge", granularity=name.removeprefix("co_merge_"), **common)
+        else:
+            options = MergeOptions(
+                strategy=name, **{**common, "rank": None if name == "concat" else merge.rank}
+            )
+        baselines[name] = options
+    return main, baselines
+
+
+def stage_hash(config: ExperimentConfig, expert_hashes: dict[str, str]) -> str:
+    """What the merge depends on: merge config, model, seed and the experts' bytes."""
+    key = {
+        "merge": config.merge.model_dump(mode="json"),
+        "model": config.model.model_dump(mode="json"),
+        "seed": config.run.seed,
+        "experts": expert_hashes,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _is_done(run: RunDir, config: ExperimentConfig, key: str) -> bool:
+    done = stage_status(run.sub(MERGED_DIR), key).complete
+    if config.merge.baselines:
+        done &= stage_status(run.sub(BASELINES_DIR), key).complete
+    return done
+
+
+def calibrate(
+    config: ExperimentConfig, run: RunDir, experts: dict[str, LoraFile], device: torch.device, log: Callable
+) -> tuple[ActivationStats, dict]:
+    """Build the calibration set with the configured provider and record activation statistics."""
+    from alignguard.merge.providers import CalibrationUnavailable, select_provider
+    from alignguard.models import load_pipeline
+
+    with _as_input_error(CalibrationUnavailable):
+        source, provider = select_provider(config, run)
+    pipe = load_pipeline(config.model, device=device)
+    data = provider(config, pipe, run)
+    calibration = config.merge.calibration
+    total = len(data) * calibration.timesteps * len(experts)
+    shape = f"{len(data)} prompts x {calibration.timesteps} timesteps x {len(experts)} experts"
+    log(f"calibration: {source}, {shape}")
+    with tqdm(total=total, desc="calibration", unit="sample") as bar, _as_input_error(LayerMismatchError):
+        stats = collect_activation_stats(
+            pipe.unet,
+            experts,
+            data,
+            calibration.timesteps,
+            calibration.seed,
+            calibration.batch_size,
+            scheduler_config=pipe.scheduler.config,
+            on_batch=bar.update,
+        )
+    info = {
+        "source": source,
+        "prompts": len(data),
+        "timesteps_per_prompt": calibration.timesteps,
+        "seed": calibration.seed,
+        "tokens": stats.tokens,
+    }
+    return stats, info
+
+
+def _report(result: MergeResult, experts: dict[str, LoraFile], inputs: dict, calibration, seconds) -> dict:
+    return {
+        "label": result.options.label,
+        "options": asdict(result.options),
+        "experts": {
+            name: {
+                "file": inputs[name]["file"],
+                "sha256": inputs[name]["sha256"],
+                "layers": len(expert.layers),
+                "ranks": sorted(set(expert.ranks.values())),
+                "scales": sorted({layer.scale for layer in expert.layers.values()}),
+            }
+            for name, expert in experts.items()
+        },
+        "calibration": calibration,
+        "summary": result.summary(),
+        "seconds": round(seconds, 3),
+        "layers": [d.to_json() for d in result.diagnostics],
+    }
+
+
+def _merge_and_write(
+    stage: RunDir, experts, options, stats, device, report_extra: tuple, plots: bool
+) -> tuple[list[str], dict]:
+    start = time.perf_counter()
+    with tqdm(
+        total=len({n for e in experts.values() for n in e.layers}), desc=options.label, unit="layer"
+    ) as bar:
+        result = merge_experts(experts, options, stats, device, on_layer=lambda _: bar.update())
+    report = _report(result, experts, *report_extra, time.perf_counter() - start)
+    stage.write_bytes(LORA_NAME, lora_file_bytes(result.file_factors()))
+    stage.write_json(REPORT_NAME, report)
+    written = [LORA_NAME, REPORT_NAME]
+    if plots:
+        for name, png in render_plots(result.diagnostics, result.experts, options.label).items():
+            stage.write_bytes(name, png)
+            written.append(name)
+    return written, report["summary"]
+
+
+def _write_baselines(stage: RunDir, baselines: dict, merge_args: tuple, manifest_common: dict) -> None:
+    """Every baseline into ``<name>/``, then one manifest for the directory."""
+    experts, stats, device, extra = merge_args
+    timings, written, summaries = Timings(), [], {}
+    for name, options in baselines.items():
+        with timings.measure(name):
+            files, summaries[name] = _merge_and_write(
+                stage.sub(name), experts, options, stats, device, extra, False
+            )
+        written += [f"{name}/{f}" for f in files]
+    manifest = Manifest(
+        stage="merge_baselines",
+        outputs=describe_outputs(stage, written),
+        timings=timings.seconds,
+        summary=summaries,
+        **manifest_common,
+    )
+    write_manifest(stage, manifest)
+
+
+def run_merge_stage(
+    config: ExperimentConfig, force: bool = False, log: Callable[[str], None] = print
+) -> dict:
+    """Run (or skip, when already complete for these inputs) the merge stage; returns a summary."""
+    run, timings = RunDir(config.run.output_dir), Timings()
+    with timings.measure("load_experts"):
+        paths = preflight(run, config)
+        experts, hashes = load_experts(run, paths)
+    key = stage_hash(config, hashes)
+    if not force and _is_done(run, config, key):
+        log(f"merge: {run.url(MERGED_DIR)} is complete for these experts and config; skipping")
+        return {"skipped": True, **run.sub(MERGED_DIR).read_json("manifest.json")["summary"]}
+    from alignguard.models import resolve_device
+
+    device = resolve_device(config.model.device)
+    main, baselines = variants(config)
+    stats, calibration = None, None
+    if any(o.strategy == "co_merge" for o in (main, *baselines.values())):
+        with timings.measure("calibration"):
+            stats, calibration = calibrate(config, run, experts, device, log)
+    inputs = {n: {"file": paths[n], "sha256": hashes[n]} for n in experts}
+    extra = (inputs, calibration)
+    manifest_common = dict(
+        config=config.model_dump(mode="json"),
+        config_hash=key,
+        inputs={paths[n]: hashes[n] for n in experts},
+        seeds={"run": config.run.seed, "calibration": config.merge.calibration.seed},
+    )
+    if baselines:
+        _write_baselines(run.sub(BASELINES_DIR), baselines, (experts, stats, device, extra), manifest_common)
+    stage = run.sub(MERGED_DIR)
+    with timings.measure(f"merge_{main.label}"):
+        written, summary = _merge_and_write(stage, experts, main, stats, device, extra, True)
+    if stats is not None:
+        save_tensors(stage, STATS_NAME, stats.tensors())
+        written.append(STATS_NAME)
+    summary = {"label": main.label, "experts": list(experts), **summary}
+    write_manifest(
+        stage,
+        Manifest(
+            stage="merge",
+            outputs=describe_outputs(stage, written),
+            timings=timings.seconds,
+            summary=summary,
+            **manifest_common,
+        ),
+    )
+    log(f"merge: wrote {run.url(MERGED_DIR, LORA_NAME)} ({main.label})")
+    return {"skipped": False, **summary}

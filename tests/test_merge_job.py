@@ -1,0 +1,115 @@
+"""The merge job: config, input checks, and the whole stage through the CLI on a local Ray cluster."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from alignguard.config import ConfigError, load_config
+from alignguard.io import RunDir, stage_status
+from alignguard.merge.stage import BASELINES_DIR, MERGED_DIR, MergeInputError, check_experts
+from alignguard.merge.synthetic import write_random_experts
+from jobs.cli import main
+
+SMOKE = "configs/toy-smoke.yaml"
+
+
+def _write_toy_experts(run_dir, config) -> None:
+    from alignguard.toyworld.store import load_toy_pipeline
+
+    unet = load_toy_pipeline().unet
+    write_random_experts(
+        RunDir(run_dir), unet, config.data.categories, config.training.lora, seed=0, up_std=0.05
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("merge.strategy=average", "merge.strategy"),
+        ("merge.baselines=[ties, nope]", "merge.baselines"),
+        ("merge.baselines=[ties, ties]", "lists a baseline twice"),
+        ("merge.calibration.source=cache", "merge.calibration.source"),
+        ("merge.scale=0", "merge.scale"),
+    ],
+)
+def test_invalid_merge_config_names_the_key(repo, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(repo / SMOKE, [override])
+
+
+def test_concat_refuses_a_rank(repo):
+    with pytest.raises(ConfigError, match=r"merge\.rank must be null for strategy 'concat'"):
+        load_config(repo / SMOKE, ["merge.strategy=concat", "merge.rank=8"])
+
+
+def test_merge_without_experts_exits_2_and_lists_them(repo, tmp_path, capsys):
+    code = main(["merge", "--config", str(repo / SMOKE), f"run.output_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "experts not ready" in err and "hate:" in err and "illegal_activity:" in err and "missing" in err
+
+
+def test_a_damaged_expert_is_refused(repo, tmp_path):
+    config = load_config(repo / SMOKE, [f"run.output_dir={tmp_path}", "data.categories=[hate, sexual]"])
+    _write_toy_experts(tmp_path, config)
+    assert set(check_experts(RunDir(tmp_path), config)) == {"hate", "sexual"}
+    with open(tmp_path / "experts/sexual/pytorch_lora_weights.safetensors", "ab") as handle:
+        handle.write(b"junk")
+    with pytest.raises(MergeInputError, match=r"sexual: .* is not complete .*bytes"):
+        check_experts(RunDir(tmp_path), config)
+
+
+def test_co_merge_without_a_calibration_source_fails_before_any_work(repo, tmp_path, capsys):
+    config = load_config(repo / SMOKE, [f"run.output_dir={tmp_path}", "data.categories=[hate]"])
+    _write_toy_experts(tmp_path, config)
+    overrides = [f"run.output_dir={tmp_path}", "data.categories=[hate]", "merge.calibration.source=synthesis"]
+    assert main(["merge", "--config", str(repo / SMOKE), *overrides]) == 2
+    assert "merge.calibration.source='synthesis': no provider" in capsys.readouterr().err
+    assert not (tmp_path / MERGED_DIR).exists()
+
+
+def test_the_job_script_answers_help(repo):
+    result = subprocess.run(
+        [sys.executable, "jobs/merge.py", "--help"], cwd=repo, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "merge.baselines" in result.stdout and "--force" in result.stdout
+
+
+@pytest.mark.slow
+def test_merge_job_end_to_end_on_ray_then_the_toy_report_loads_the_merged_lora(
+    repo, tmp_path, ray_cluster, capsys
+):
+    config = load_config(repo / SMOKE, [f"run.output_dir={tmp_path}"])
+    _write_toy_experts(tmp_path, config)
+    assert main(["merge", "--config", str(repo / SMOKE), f"run.output_dir={tmp_path}"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["skipped"] is False and summary["label"] == "co_merge_element"
+    assert summary["experts"] == list(config.data.categories)
+    assert summary["energy_kept"] == pytest.approx(1.0, abs=1e-5)  # merge.rank null: exact
+
+    run = RunDir(tmp_path)
+    assert stage_status(run.sub(MERGED_DIR)).complete and stage_status(run.sub(BASELINES_DIR)).complete
+    merged = tmp_path / MERGED_DIR
+    pngs = {"winner_share.png", "sign_conflict.png", "delta_norms.png", "svd_energy.png"}
+    assert pngs <= {p.name for p in merged.iterdir()}
+    report = json.loads((merged / "merge_report.json").read_text())
+    assert report["calibration"]["source"] == "toyworld" and report["calibration"]["prompts"] == 56
+    assert len(report["layers"]) == 16 and sum(
+        report["summary"]["mean_winner_share"].values()
+    ) == pytest.approx(1)
+    for name in config.merge.baselines:
+        assert (tmp_path / BASELINES_DIR / name / "pytorch_lora_weights.safetensors").exists()
+
+    lora = str(merged / "pytorch_lora_weights.safetensors")
+    assert main(["toyworld", "report", "--lora", lora, "--n", "2", "--batch-size", "32"]) == 0
+    toy_report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(toy_report["categories"]) == set(config.data.categories)
+    assert all("preserved" in entry for entry in toy_report["categories"].values())
+
+    assert main(["merge", "--config", str(repo / SMOKE), f"run.output_dir={tmp_path}"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["skipped"] is True
