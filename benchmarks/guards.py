@@ -59,11 +59,15 @@ def quality(guard: PromptGuard, csv: str, pairs_limit: int) -> tuple[dict, list[
     return metrics, examples.texts, examples.targets, len(examples.texts) / (time.perf_counter() - start)
 
 
-def robustness(guard: PromptGuard, texts: list[str], targets: torch.Tensor, clean: dict) -> dict:
-    out = {"clean": _robust_row(clean)}
-    for name in TRANSFORMS:
-        metrics = evaluate(*score_tensors(guard, obfuscate(texts, name, seed=0)), targets, guard.thresholds)
-        out[name] = _robust_row(metrics)
+def robustness(guard: PromptGuard, texts: list[str], targets: torch.Tensor) -> dict:
+    """Per transform, with and without canonicalisation (the shipped guard canonicalises)."""
+    out: dict[str, dict] = {}
+    for canonical in (False, True):
+        guard.canonicalize = canonical
+        for name in ("clean", *TRANSFORMS):
+            variant = texts if name == "clean" else obfuscate(texts, name, seed=0)
+            metrics = evaluate(*score_tensors(guard, variant), targets, guard.thresholds)
+            out.setdefault(name, {})["canonical" if canonical else "raw"] = _robust_row(metrics)
     return out
 
 
@@ -152,6 +156,7 @@ def main() -> None:
     )
     parser.add_argument("--csv", default=str(DEFAULT_CSV), help="CoProV2-format CSV the head was trained on")
     parser.add_argument("--pairs", type=int, default=0, help="test pairs to score (0: all)")
+    parser.add_argument("--robust-pairs", type=int, default=500, help="test pairs for the robustness table")
     parser.add_argument("--latency-calls", type=int, default=200, help="single-prompt calls to time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args()
@@ -159,11 +164,19 @@ def main() -> None:
     guard = PromptGuard()
     metrics, texts, targets, batched_rate = quality(guard, args.csv, args.pairs)
     print_quality(metrics, len(texts))
-    robust = robustness(guard, texts, targets, metrics)
-    print("\nrobustness (same prompts, obfuscated):")
-    print(f"  {'transform':<10} {'f1':>6} {'unsafe recall':>13} {'benign FPR':>10}")
-    for name, row in robust.items():
-        print(f"  {name:<10} {row['f1']:>6.3f} {row['unsafe_recall']:>13.3f} {row['benign_fpr']:>10.3f}")
+    pairs = sorted(random.Random(2).sample(range(len(texts) // 2), min(len(texts) // 2, args.robust_pairs)))
+    rows = [i for p in pairs for i in (2 * p, 2 * p + 1)]  # texts alternate: unsafe, its safe twin
+    n_robust = len(rows)
+    robust = robustness(guard, [texts[i] for i in rows], targets[rows])
+    print(f"\nrobustness ({n_robust} of those prompts, obfuscated; raw -> canonicalised, as shipped):")
+    print(f"  {'transform':<10} {'f1':>13} {'unsafe recall':>15} {'benign FPR':>13}")
+    for name, rows in robust.items():
+        raw, can = rows["raw"], rows["canonical"]
+        print(
+            f"  {name:<10} {raw['f1']:.3f} -> {can['f1']:.3f} {raw['unsafe_recall']:>6.3f} -> "
+            f"{can['unsafe_recall']:.3f} {raw['benign_fpr']:>6.3f} -> {can['benign_fpr']:.3f}"
+        )
+    guard.canonicalize = True
     latency = prompt_latency(
         guard, random.Random(1).sample(texts, min(len(texts), args.latency_calls)), args.latency_calls
     )

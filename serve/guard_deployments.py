@@ -101,9 +101,12 @@ class OutputGuardDeployment:
     def check_images(
         self, images: np.ndarray, prompt: str | None = None, decision: dict | None = None
     ) -> list[dict]:
-        """The guard contract's image check: one verdict per image (``allowed`` false = withhold).
-        A verdict with ``action`` "blur" is allowed but must be shown blurred: use :meth:`apply`."""
-        return self.apply(images, decision)["outputs"]
+        """The guard contract's image check: one verdict per image; ``allowed`` means "may be shown
+        as generated". This contract cannot return a blurred image, so a ``blur`` verdict is not
+        allowed here (fail closed: withheld rather than shown unblurred); :meth:`apply` returns the
+        blurred image instead."""
+        outputs = self.apply(images, decision)["outputs"]
+        return [{**o, "allowed": o["action"] == "pass"} for o in outputs]
 
     def apply(self, images: np.ndarray, decision: dict | None = None) -> dict[str, Any]:
         """Check and process ``images`` [N, H, W, 3] under ``decision`` (from ``check_prompt``; None:

@@ -152,3 +152,13 @@ def test_embedding_cache_is_reused(tmp_path):
     second = embed_cached(["a", "b"], embed, tmp_path, "model-1")
     embed_cached(["a", "b"], embed, tmp_path, "model-2")  # another model: another entry
     assert calls == [2, 2] and torch.equal(first, second)
+
+
+def test_obfuscated_unsafe_prompts_are_still_caught(guard):
+    from alignguard.guards.obfuscation import obfuscate
+
+    for name in ("leetspeak", "spacing", "case"):
+        variant = obfuscate([UNSAFE], name, seed=0)[0]
+        assert variant != UNSAFE and guard.score([variant])[0].unsafe > 0.9, (name, variant)
+    raw = PromptGuard(embedder=guard.embedder, canonicalize=False)
+    assert raw.score([obfuscate([UNSAFE], "leetspeak")[0]])[0].unsafe < 0.5  # why canonicalisation exists

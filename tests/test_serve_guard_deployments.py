@@ -122,4 +122,5 @@ def test_output_guard_withholds_blurs_and_reports_through_handles(guard_handles)
         and "sexual (score 1.00, policy block)" in report["reason"]
     )
     verdicts = output_guard.check_images.remote(images, BENIGN).result(timeout_s=60)
-    assert [v["allowed"] for v in verdicts] == [False, True, True] and verdicts[0]["category"] == "sexual"
+    assert [v["allowed"] for v in verdicts] == [False, False, True] and verdicts[0]["category"] == "sexual"
+    assert [v["action"] for v in verdicts] == ["withhold", "blur", "pass"]  # blur: fail closed here

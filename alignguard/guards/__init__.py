@@ -8,7 +8,7 @@
 - Policy (:mod:`.policy`, :mod:`.decisions`): per category allow / align / blur / block, set per
   deployment (config section ``guard``) and per request within the operator's bounds; every
   outcome names the acting layer and the scores, never the blocked content.
-- :mod:`.runtime`: the services that ``serve/guards.py`` deploys and the CLI uses.
+- :mod:`.runtime`: the services that ``serve/guard_deployments.py`` deploys and the CLI uses.
 
 Heavy modules (transformers, nudenet) load lazily: importing this package is cheap.
 """

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from alignguard.data.taxonomy import CATEGORIES
+from alignguard.guards.canonical import canonical_prompt
 from alignguard.guards.embedding import Embedder, shared_embedder
 from alignguard.guards.head import HeadBundle, Thresholds, load_head
 from alignguard.guards.policy import PromptScores
@@ -29,14 +30,20 @@ def scores_from_logits(logits: torch.Tensor) -> list[PromptScores]:
 
 
 class PromptGuard:
-    """Scores prompts offline. ``head_path`` defaults to the head shipped in this package."""
+    """Scores prompts offline. ``head_path`` defaults to the head shipped in this package;
+    ``canonicalize`` undoes leetspeak and spread-out letters first (:mod:`.canonical`)."""
 
     def __init__(
-        self, head_path: str | Path | None = None, embedder: Embedder | None = None, batch_size: int = 64
+        self,
+        head_path: str | Path | None = None,
+        embedder: Embedder | None = None,
+        batch_size: int = 64,
+        canonicalize: bool = True,
     ) -> None:
         self.bundle: HeadBundle = load_head(head_path or SHIPPED_HEAD)
         self.embedder = embedder or shared_embedder()
         self.batch_size = batch_size
+        self.canonicalize = canonicalize
 
     @property
     def thresholds(self) -> Thresholds:
@@ -53,4 +60,5 @@ class PromptGuard:
         for prompt in prompts:
             if not isinstance(prompt, str):
                 raise TypeError(f"prompts must be strings, got {type(prompt).__name__}")
-        return self.score_embeddings(self.embedder.embed(list(prompts), batch_size=self.batch_size))
+        texts = [canonical_prompt(p) for p in prompts] if self.canonicalize else list(prompts)
+        return self.score_embeddings(self.embedder.embed(texts, batch_size=self.batch_size))

@@ -3,7 +3,8 @@
 :class:`PromptGuardService` turns prompts (+ optional per-request overrides) into
 :class:`~alignguard.guards.decisions.PromptDecision` s; :class:`OutputGuardService` checks the
 generated images against a decision and returns what may be shown (blurred or withheld as the policy
-says). ``serve/guards.py`` wraps each in a CPU Ray Serve deployment; the CLI uses them directly.
+says). ``serve/guard_deployments.py`` wraps each in a CPU Ray Serve deployment; the CLI uses them
+directly.
 """
 
 from __future__ import annotations
