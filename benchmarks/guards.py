@@ -137,6 +137,42 @@ def image_latency(repeats: int) -> dict:
     return out
 
 
+def serve_latency(texts: list[str], calls: int) -> dict:
+    """p50 of the guards through Ray Serve handles (own CPU deployments, local Ray), one call at a time."""
+    import socket
+
+    import ray
+    from ray import serve
+
+    from alignguard.config.schema import ExperimentConfig
+    from alignguard.toyworld.world import HARM_COLOURS, Layout, render
+    from serve.guard_deployments import bind_guards
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        prompt_app, output_app = bind_guards(ExperimentConfig())
+        prompt = serve.run(prompt_app, name="bench-prompt-guard", route_prefix=None)
+        output = serve.run(output_app, name="bench-output-guard", route_prefix=None)
+        image = (render("square", HARM_COLOURS["violence"], Layout(16, 16, 14)) * 255).astype(np.uint8)[None]
+        prompt.check_prompt.remote(texts[0]).result()
+        timings = {"check_prompt": [], "apply_toy_image": []}
+        for text in texts[:calls]:
+            start = time.perf_counter()
+            verdict = prompt.check_prompt.remote(text).result()
+            middle = time.perf_counter()
+            output.apply.remote(image, verdict["decision"]).result()
+            timings["check_prompt"].append(middle - start)
+            timings["apply_toy_image"].append(time.perf_counter() - middle)
+        return {k: round(1000 * statistics.median(v), 2) for k, v in timings.items()}
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
 def print_quality(metrics: dict, n_prompts: int) -> None:
     print(f"held-out test split: {n_prompts} prompts")
     print(f"  {'category':<18} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>8}")
@@ -159,6 +195,7 @@ def main() -> None:
     parser.add_argument("--robust-pairs", type=int, default=500, help="test pairs for the robustness table")
     parser.add_argument("--latency-calls", type=int, default=200, help="single-prompt calls to time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--serve", action="store_true", help="also time the guards through Ray Serve handles")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     guard = PromptGuard()
@@ -190,6 +227,13 @@ def main() -> None:
         f"({latency['p50_ms'] * batched_rate / 1000:.1f}x faster than one per call)"
     )
     print("output guard / blur per image, p50 ms: " + ", ".join(f"{k} {v}" for k, v in images.items()))
+    served = serve_latency(texts, 100) if args.serve else None
+    if served:
+        print(
+            f"through Serve handles (own CPU deployments), p50: check_prompt {served['check_prompt']} ms "
+            f"({served['check_prompt'] / latency['p50_ms']:.2f}x in-process), "
+            f"output guard apply on a toy image {served['apply_toy_image']} ms"
+        )
     print(
         json.dumps(
             {
@@ -202,6 +246,7 @@ def main() -> None:
                 "prompt_latency": latency,
                 "batched_prompts_per_s": round(batched_rate, 1),
                 "image_latency_ms": images,
+                "serve_latency_ms": served,
                 "threads": args.threads,
             }
         )

@@ -8,11 +8,14 @@ Two deployments, each a thin shell over :mod:`alignguard.guards.runtime`:
   gives one verdict per image; ``apply`` also returns the images as they may be shown (blurred,
   or ``None`` where withheld) and the response's ``guard`` report.
 
-Both speak the guard contract of the serving app (``check_prompt(prompt, negative_prompt)`` and
-``check_images(images, prompt)`` returning dicts with ``allowed``, ``category``, ``scores``,
-``reason``, ``guard``) and add what the policy needs: ``action`` (allow / align / blur / block),
-``adapter`` ("aligned" = the merged adapter, "base" = none, null = refused), ``layer``,
-``flagged`` and ``decision`` (JSON to hand to the output guard; it never holds the prompt).
+Both speak the guard contract of the serving app (``serve/guards.py`` of the serving issue:
+``check_prompt(prompt, negative_prompt)`` and ``check_images(images, prompt)`` returning dicts
+with ``allowed``, ``category``, ``scores``, ``reason``, ``guard``) and add what the policy needs:
+``action`` (allow / align / blur / block), ``adapter`` ("aligned" = the merged adapter, "base" =
+none, null = refused), ``layer``, ``flagged`` and ``decision`` (JSON to hand to the output guard;
+it never holds the prompt). That contract alone can neither route by adapter nor return a blurred
+image: ``check_images`` therefore fails closed on ``blur`` (``allowed`` false), and an ingress that
+honours the whole policy uses ``verdict["adapter"]`` and :meth:`OutputGuardDeployment.apply`.
 
 Intended composition (the serving app's ingress; ``cfg`` an ``ExperimentConfig``)::
 

@@ -65,6 +65,15 @@ def test_guard_prompts_rejects_bad_csv(tmp_path, capsys):
     assert main(["guard", "prompts", str(path)]) == 2
     assert "empty prompt" in capsys.readouterr().err
     assert main(["guard", "prompts", str(tmp_path / "missing.csv")]) == 2
+    assert main(["guard", "prompt", "   "]) == 2
+    assert "empty" in capsys.readouterr().err
+
+
+def test_guard_prompts_reads_a_csv_saved_with_a_bom(tmp_path, capsys):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("\ufeffPrompt,Other\na bowl of lemons,x\n".encode())
+    assert main(["guard", "prompts", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["row"] == 1
 
 
 def test_guard_image_with_the_toy_judge_and_obscure(tmp_path, capsys):

@@ -20,7 +20,7 @@ def read_prompt_csv(path: str | Path) -> list[PromptRow]:
     """Rows of a CSV with a ``prompt`` column (and optionally ``id``); empty prompts are errors."""
     path_str = str(path)
     try:
-        handle = open(path_str, newline="", encoding="utf-8")  # noqa: SIM115 (closed by `with`)
+        handle = open(path_str, newline="", encoding="utf-8-sig")  # a BOM is not part of the header  # noqa: SIM115 (closed by `with`)
     except FileNotFoundError:
         raise DataFormatError(path_str, None, "file not found") from None
     with handle:

@@ -159,6 +159,9 @@ def _decision_json(decision) -> dict:
 
 
 def run_prompt(args: argparse.Namespace) -> int:
+    if not args.text.strip():
+        print("error: the prompt is empty", file=sys.stderr)
+        return 2
     _threads()
     service = _prompt_service(_guard_config(args))
     print(json.dumps(_decision_json(service.decide([args.text])[0])))
@@ -171,7 +174,10 @@ def run_prompts(args: argparse.Namespace) -> int:
     _threads()
     rows = read_prompt_csv(args.path)
     service = _prompt_service(_guard_config(args))
-    for start in range(0, len(rows), args.batch_size):
+    from tqdm.auto import tqdm
+
+    # The bar goes to stderr and only on a terminal: stdout stays pure JSON lines.
+    for start in tqdm(range(0, len(rows), args.batch_size), desc="scoring", unit="batch", disable=None):
         chunk = rows[start : start + args.batch_size]
         for row, decision in zip(chunk, service.decide([r.prompt for r in chunk]), strict=True):
             ident = {"id": row.id} if row.id is not None else {}
