@@ -195,3 +195,11 @@ def test_calibrate_learns_separable_thresholds():
     categories[:, 0] = unsafe * torch.tensor([0.9, 0.9, 0.9, 0.9, 0.5, 0.5, 0.5, 0.5])
     thresholds = calibrate(unsafe, categories, targets)
     assert 0.3 < thresholds.unsafe <= 0.7 and 0.15 < thresholds.categories["hate"] <= 0.63
+
+
+def test_the_guarded_toy_config_exercises_every_action(repo):
+    cfg = load_config(repo / "configs/toy-guarded.yaml")
+    actions = {getattr(cfg.guard.policy, c).action for c in CATEGORIES}
+    assert actions == {"allow", "align", "blur", "block"}
+    policy = resolve_policy(cfg.guard, CALIBRATED, RequestOverrides({"sexual": "align"}))  # down to its floor
+    assert policy.actions["sexual"] == "align" and policy.actions["hate"] == "block"
