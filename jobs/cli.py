@@ -27,7 +27,14 @@ Each job command reads an experiment YAML (configs/*.yaml) and accepts overrides
 def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
     from jobs.commands import config, data, doctor, guard, synthesize, toyworld
 
-    return [config.register, data.register, synthesize.register, toyworld.register, doctor.register, guard.register]
+    return [
+        config.register,
+        data.register,
+        synthesize.register,
+        toyworld.register,
+        doctor.register,
+        guard.register,
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:
