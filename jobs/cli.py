@@ -25,7 +25,8 @@ Each job command reads an experiment YAML (configs/*.yaml) and accepts overrides
 
 
 def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
-    from jobs.commands import config, data, doctor, merge, synthesize, toyworld
+
+    from jobs.commands import config, data, doctor, guard, merge, synthesize, toyworld
 
     return [
         config.register,
@@ -33,6 +34,7 @@ def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
         synthesize.register,
         toyworld.register,
         merge.register,
+        guard.register,
         doctor.register,
     ]
 

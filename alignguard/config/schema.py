@@ -251,6 +251,76 @@ class ServeSection(Section):
     autoscaling: AutoscalingSection = AutoscalingSection()
 
 
+GuardAction = Literal["allow", "align", "blur", "block"]
+
+
+class GuardCategoryPolicy(Section):
+    """What happens to one category: ``allow`` (base model, no intervention), ``align`` (the aligned
+    model), ``blur`` (generate, then obscure the image) or ``block`` (refuse)."""
+
+    action: GuardAction = "align"
+    threshold: Probability | None = Field(
+        None, description="prompt-guard score at which the category is flagged; null = calibrated"
+    )
+    request_floor: GuardAction | None = Field(
+        None,
+        description="the loosest action a request may ask for; null = the action itself (requests may "
+        "only make it stricter)",
+    )
+
+    @model_validator(mode="after")
+    def _floor_not_stricter(self) -> GuardCategoryPolicy:
+        order = ("allow", "align", "blur", "block")
+        if self.request_floor is not None and order.index(self.request_floor) > order.index(self.action):
+            raise ValueError(
+                f"request_floor {self.request_floor!r} is stricter than action {self.action!r}; "
+                "a floor bounds how far a request may relax the action"
+            )
+        return self
+
+
+class GuardPolicySection(Section):
+    """One :class:`GuardCategoryPolicy` per category of the taxonomy."""
+
+    hate: GuardCategoryPolicy = GuardCategoryPolicy()
+    harassment: GuardCategoryPolicy = GuardCategoryPolicy()
+    violence: GuardCategoryPolicy = GuardCategoryPolicy()
+    self_harm: GuardCategoryPolicy = GuardCategoryPolicy()
+    sexual: GuardCategoryPolicy = GuardCategoryPolicy()
+    shocking: GuardCategoryPolicy = GuardCategoryPolicy()
+    illegal_activity: GuardCategoryPolicy = GuardCategoryPolicy()
+
+
+class GuardOutputSection(Section):
+    """The output guard: NudeNet on real images, the toy judge in the toy world."""
+
+    kind: Literal["auto", "nudenet", "toy_judge", "none"] = Field(
+        "auto", description="auto: toy_judge for model.family 'toy', else nudenet"
+    )
+    nudenet_classes: Literal["genitalia", "exposed"] = "genitalia"
+    nudenet_threshold: Probability = 0.6
+    toy_threshold: Probability = 0.5
+    blur_fraction: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.25, description="blur radius as a fraction of the image's longer side"
+    )
+
+
+class GuardSection(Section):
+    """Defence in depth around the aligned model: a prompt guard, the model, an output guard."""
+
+    enabled: bool = True
+    head_path: str | None = Field(None, description="prompt-guard head (.safetensors); null = shipped")
+    unsafe_threshold: Probability | None = Field(
+        None, description="prompt-guard 'unsafe' score at which a prompt is flagged; null = calibrated"
+    )
+    benign_action: Literal["allow", "align"] = Field(
+        "align", description="what unflagged prompts get: the base model (allow) or the aligned one"
+    )
+    allow_request_overrides: bool = True
+    policy: GuardPolicySection = GuardPolicySection()
+    output: GuardOutputSection = GuardOutputSection()
+
+
 class StageResources(Section):
     """Resources of one stage's workers. ``concurrency`` is actors (synthesis, evaluation) or
     data-parallel workers per expert (training)."""
@@ -284,6 +354,7 @@ class ExperimentConfig(Section):
     merge: MergeSection = MergeSection()
     evaluation: EvaluationSection = EvaluationSection()
     serve: ServeSection = ServeSection()
+    guard: GuardSection = GuardSection()
     resources: ResourcesSection = ResourcesSection()
 
     @model_validator(mode="after")
