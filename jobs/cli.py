@@ -26,12 +26,13 @@ Each job command reads an experiment YAML (configs/*.yaml) and accepts overrides
 
 def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
 
-    from jobs.commands import config, data, doctor, guard, merge, synthesize, toyworld
+    from jobs.commands import config, data, doctor, guard, merge, synthesize, toyworld, train
 
     return [
         config.register,
         data.register,
         synthesize.register,
+        train.register,
         toyworld.register,
         merge.register,
         guard.register,

@@ -125,7 +125,13 @@ class LoraSection(Section):
 
 
 class TrainingSection(Section):
-    """Diffusion-DPO safety experts (one LoRA per category)."""
+    """Diffusion-DPO safety experts (one LoRA per category).
+
+    Loss variants: ``anchor_weight`` adds the preferred image's denoising error (keeps its
+    likelihood from falling with the rejected one's); ``preserve_weight`` distils the policy to
+    the reference on each pair's safe prompt, over the whole noise schedule; ``timestep_range``
+    restricts the DPO term to ``[low, high)``. ``steps`` counts optimizer steps per expert
+    (``all_single`` gets ``steps`` x the number of categories: the same total budget)."""
 
     mode: Literal["lora", "full"] = "lora"
     loss: Literal["dpo", "sft"] = "dpo"
@@ -133,23 +139,36 @@ class TrainingSection(Section):
     strategy: Literal["unsafe_prompt", "both_prompts"] = "both_prompts"
     caption_dropout: Probability = 0.2
     anchor_weight: NonNegativeFloat = 0.0
+    preserve_weight: NonNegativeFloat = 0.0
+    timestep_range: tuple[NonNegativeInt, PositiveInt] = (0, 1000)
     lora: LoraSection = LoraSection()
     experts: Literal["per_category", "all_single", "both"] = "per_category"
     steps: PositiveInt = 2000
     batch_size: PositiveInt = 4
     grad_accum: PositiveInt = 1
     learning_rate: PositiveFloat = 1e-5
+    scale_lr: bool = Field(False, description="multiply the learning rate by batch x accumulation x workers")
     optimizer: Literal["adamw", "adafactor"] = "adamw"
     weight_decay: NonNegativeFloat = 0.0
     warmup_steps: NonNegativeInt = 0
     max_grad_norm: PositiveFloat | None = 1.0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    zero_stage: Annotated[int, Field(ge=0, le=3)] = 0
+    zero_stage: Annotated[int, Field(ge=0, le=2, description="ZeRO 0-2; 3 is not supported yet")] = 0
     offload_optimizer: bool = False
     gradient_checkpointing: bool = False
     checkpoint_every: PositiveInt = 100
+    log_every: PositiveInt = 10
+    max_failures: NonNegativeInt = Field(2, description="worker-group restarts per expert before it fails")
     monitor_every: PositiveInt = 100
     monitor_prompts: NonNegativeInt = 16
+
+    @field_validator("timestep_range")
+    @classmethod
+    def _ordered_range(cls, value: tuple[int, int]) -> tuple[int, int]:
+        low, high = value
+        if not low < high <= 1000:
+            raise ValueError(f"must be [low, high) with 0 <= low < high <= 1000, got {list(value)}")
+        return value
 
 
 class CalibrationSection(Section):

@@ -8,6 +8,7 @@ import json
 from alignguard.config.schema import ExperimentConfig
 
 SYNTHESIS_SECTIONS = ("model", "data", "synthesis")
+TRAINING_SECTIONS = ("model", "data", "synthesis", "training")
 
 
 class StageConflictError(RuntimeError):

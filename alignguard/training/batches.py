@@ -4,6 +4,11 @@ A *preference item* is (pair, caption side): the safe image w is preferred and t
 l rejected, conditioned on the unsafe prompt — and, with the ``both_prompts`` strategy (what the
 released CoProV2 table does), on the safe prompt as well, so every pair appears twice.
 
+Each batch also carries *preservation* inputs: safe images with their safe prompts, drawn from
+a (usually wider) preservation set — by default every category's pairs — and, on every other
+row, the empty prompt, whose prediction enters every image through classifier-free guidance.
+The loss may ask the policy to leave its predictions there unchanged.
+
 The batch of step s on rank r is a pure function of (seed, s, r, world size): items are walked
 in per-epoch permutations, global batch after global batch, each rank taking its slice. Resuming
 at step s therefore reproduces exactly the batches a run without interruption would have seen.
@@ -11,7 +16,7 @@ at step s therefore reproduces exactly the batches a run without interruption wo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -21,23 +26,25 @@ from alignguard.synthesis.store import PairCache
 
 @dataclass(frozen=True)
 class PreferenceBatch:
-    """Tensors of one micro-batch (``B`` items): preferred and rejected latents ``[B, C, h, w]``,
-    text conditioning ``[B, L, D]``, and for SDXL pooled embeddings ``[B, P]`` and time ids ``[B, 6]``."""
+    """One micro-batch of ``B`` items: preferred and rejected latents ``[B, C, h, w]``, text
+    conditioning ``[B, L, D]`` (SDXL: pooled ``[B, P]``, time ids ``[B, 6]``), and the
+    preservation inputs (latents, text, pooled) of the same sizes."""
 
     latents_w: torch.Tensor
     latents_l: torch.Tensor
     text: torch.Tensor
     pooled: torch.Tensor | None = None
     time_ids: torch.Tensor | None = None
-    benign_caption: torch.Tensor | None = None  # [B] bool: conditioned on the safe prompt or the empty one
+    preserve_latents: torch.Tensor | None = None
+    preserve_text: torch.Tensor | None = None
+    preserve_pooled: torch.Tensor | None = None
 
     def to(self, device: torch.device, dtype: torch.dtype) -> PreferenceBatch:
-        def move(tensor: torch.Tensor | None) -> torch.Tensor | None:
-            return None if tensor is None else tensor.to(device=device, dtype=dtype)
-
-        moved = (move(t) for t in (self.latents_w, self.latents_l, self.text, self.pooled, self.time_ids))
-        mask = None if self.benign_caption is None else self.benign_caption.to(device)
-        return PreferenceBatch(*moved, benign_caption=mask)
+        moved = {
+            f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device=device, dtype=dtype)
+            for f in fields(self)
+        }
+        return PreferenceBatch(**moved)
 
 
 class PreferenceSampler:
@@ -50,6 +57,7 @@ class PreferenceSampler:
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        preserve: PairCache | None = None,
     ) -> None:
         if len(cache) == 0:
             raise ValueError("no pairs to train on (is the category in data.categories and synthesized?)")
@@ -57,6 +65,7 @@ class PreferenceSampler:
             raise ValueError(f"unknown strategy {strategy!r}")
         self.cache, self.caption_dropout, self.batch_size = cache, caption_dropout, batch_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.preserve = preserve if preserve is not None and len(preserve) else cache
         sides = ("unsafe", "safe") if strategy == "both_prompts" else ("unsafe",)
         self.items = [(index, side) for side in sides for index in range(len(cache))]
 
@@ -74,15 +83,10 @@ class PreferenceSampler:
         chosen = self.indices(step)
         pairs = np.array([index for index, _ in chosen])
         tensors = self.cache.tensors
+        sdxl = "pooled_unsafe" in tensors
         text = np.stack([tensors[f"text_{side}"][index] for index, side in chosen])
-        pooled = (
-            np.stack([tensors[f"pooled_{side}"][index] for index, side in chosen])
-            if "pooled_unsafe" in tensors
-            else None
-        )
-        drop = (
-            np.random.default_rng([self.seed, 1, step, self.rank]).random(len(chosen)) < self.caption_dropout
-        )
+        pooled = np.stack([tensors[f"pooled_{side}"][index] for index, side in chosen]) if sdxl else None
+        drop = np.random.default_rng([self.seed, 1, step, self.rank]).random(len(chosen)) < self.caption_dropout
         text[drop] = self.cache.empty["text"][0]
         if pooled is not None:
             pooled[drop] = self.cache.empty["pooled"][0]
@@ -92,8 +96,24 @@ class PreferenceSampler:
             text=torch.from_numpy(text),
             pooled=None if pooled is None else torch.from_numpy(pooled),
             time_ids=torch.from_numpy(tensors["time_ids"][pairs]) if "time_ids" in tensors else None,
-            benign_caption=torch.from_numpy(np.array([side == "safe" for _, side in chosen]) | drop),
+            **self._preservation(step, sdxl),
         )
+
+    def _preservation(self, step: int, sdxl: bool) -> dict[str, torch.Tensor | None]:
+        """Safe images with their safe prompts; every other row with the empty prompt instead."""
+        source = self.preserve
+        picks = np.random.default_rng([self.seed, 2, step, self.rank]).integers(0, len(source), self.batch_size)
+        text = source.tensors["text_safe"][picks].copy()
+        text[1::2] = source.empty["text"][0]
+        pooled = None
+        if sdxl:
+            pooled = source.tensors["pooled_safe"][picks].copy()
+            pooled[1::2] = source.empty["pooled"][0]
+        return {
+            "preserve_latents": torch.from_numpy(source.tensors["latents_safe"][picks]),
+            "preserve_text": torch.from_numpy(text),
+            "preserve_pooled": None if pooled is None else torch.from_numpy(pooled),
+        }
 
     def _permutation(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, 0, epoch]).permutation(len(self.items))

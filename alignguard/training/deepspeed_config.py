@@ -1,0 +1,42 @@
+"""The DeepSpeed config of an expert run, derived from ``training`` (pure dict building)."""
+
+from __future__ import annotations
+
+from alignguard.config.schema import TrainingSection
+
+
+def deepspeed_config(training: TrainingSection, on_gpu: bool, world_size: int) -> dict:
+    """ZeRO stage, precision, accumulation, clipping, optimizer and warmup, from config.
+
+    AdamW runs as torch's implementation (``torch_adam``), so nothing is JIT-built for it; with
+    optimizer offload DeepSpeed's CPU Adam is used instead. Adafactor is not a DeepSpeed optimizer:
+    the training loop passes it as a client optimizer and this config then has no ``optimizer``.
+    ``precision: auto`` is bf16 on GPUs and fp32 on CPUs.
+    """
+    precision = training.precision if training.precision != "auto" else ("bf16" if on_gpu else "fp32")
+    config: dict = {
+        "train_micro_batch_size_per_gpu": training.batch_size,
+        "gradient_accumulation_steps": training.grad_accum,
+        "train_batch_size": training.batch_size * training.grad_accum * world_size,
+        "zero_optimization": {"stage": training.zero_stage},
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16", "initial_scale_power": 16},
+        "steps_per_print": 10**9,  # we report metrics ourselves
+        "wall_clock_breakdown": False,
+    }
+    if training.max_grad_norm is not None:
+        config["gradient_clipping"] = training.max_grad_norm
+    if training.offload_optimizer:
+        config["zero_optimization"]["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
+    lr = training.learning_rate * (training.batch_size * training.grad_accum * world_size if training.scale_lr else 1)
+    if training.optimizer == "adamw":
+        config["optimizer"] = {
+            "type": "AdamW",
+            "params": {"lr": lr, "weight_decay": training.weight_decay, "torch_adam": not training.offload_optimizer},
+        }
+    config["scheduler"] = {
+        "type": "WarmupLR",
+        "params": {"warmup_min_lr": 0.0, "warmup_max_lr": lr, "warmup_num_steps": max(1, training.warmup_steps),
+                   "warmup_type": "linear"},
+    }
+    return config

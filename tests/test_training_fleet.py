@@ -1,0 +1,80 @@
+"""Safety experts on Ray Train + DeepSpeed, end to end on the toy world (local Ray cluster)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from alignguard.config import load_config
+from alignguard.io import RunDir
+from cluster.synthesis import run_synthesis
+from cluster.training import plan_experts, run_fleet, run_name
+
+pytestmark = pytest.mark.slow
+CATEGORIES = "[hate, violence]"
+
+
+@pytest.fixture(scope="module")
+def synthesized(ray_cluster, repo, tmp_path_factory):
+    """A toy-smoke synthesis stage for two categories, shared by this module's runs."""
+    run = tmp_path_factory.mktemp("fleet")
+    overrides = [f"run.output_dir={run}", f"data.categories={CATEGORIES}"]
+    run_synthesis(load_config(repo / "configs/toy-smoke.yaml", overrides))
+    return run, overrides
+
+
+def _config(repo, overrides, *extra):
+    return load_config(repo / "configs/toy-smoke.yaml", [*overrides, *extra])
+
+
+def _steps(run, expert: str) -> list[int]:
+    lines = RunDir(run).sub("experts", expert).read_text("steps.jsonl").splitlines()
+    return [json.loads(line)["step"] for line in lines]
+
+
+def test_two_experts_train_concurrently_and_load_in_stock_diffusers(synthesized, repo):
+    from alignguard.toyworld.report import load_lora
+    from alignguard.toyworld.store import load_toy_pipeline
+
+    run, overrides = synthesized
+    config = _config(repo, overrides, "training.steps=6", "training.checkpoint_every=3", "training.log_every=2",
+                     "training.monitor_every=3", "training.monitor_prompts=2")
+    outcomes = run_fleet(config)
+    assert [(o.name, o.status) for o in outcomes] == [("hate", "trained"), ("violence", "trained")]
+    for outcome in outcomes:
+        assert outcome.steps == 6 and 0.0 <= outcome.final["implicit_acc"] <= 1.0
+        assert "monitor_ip" in outcome.final and outcome.final["loss"] > 0
+        assert _steps(run, outcome.name) == list(range(1, 7))
+    lora = RunDir(run).path("experts", "hate", "pytorch_lora_weights.safetensors")
+    pipe = load_toy_pipeline()
+    load_lora(pipe, lora)  # diffusers' own load_lora_weights
+    assert pipe.get_active_adapters()
+    rerun = run_fleet(config)
+    assert [o.status for o in rerun] == ["skipped", "skipped"]
+
+
+def test_a_killed_training_worker_resumes_from_its_checkpoint(synthesized, repo):
+    from raytools import kill_workers
+
+    run, overrides = synthesized
+    config = _config(repo, overrides, "data.categories=[violence]", "training.steps=40", "training.checkpoint_every=5",
+                     "training.log_every=5", "training.monitor_prompts=0", "training.lora.rank=2")
+    (expert,) = plan_experts(config)
+    checkpoints = RunDir(run).sub("experts", "_ray_train", run_name(config, expert))
+    outcome: dict = {}
+    worker = threading.Thread(target=lambda: outcome.setdefault("result", run_fleet(config)))
+    worker.start()
+    killed, deadline = [], time.monotonic() + 300
+    while not killed and worker.is_alive() and time.monotonic() < deadline:
+        if any(name.startswith("checkpoint") for name in checkpoints.listdir()):
+            killed = kill_workers("RayTrainWorker")
+        time.sleep(0.2)
+    worker.join(timeout=600)
+    assert killed, "no training worker was found to kill"
+    (result,) = outcome["result"]
+    assert result.status == "trained", result.error
+    steps = _steps(run, "violence")
+    assert steps == list(range(1, 41)), "every step exactly once after the restart"
