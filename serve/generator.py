@@ -1,0 +1,122 @@
+"""The generator deployment: one pipeline per replica (a GPU in production), batched, multiplexed.
+
+- ``@serve.batch`` gathers up to ``serve.max_batch_size`` *images* (``batch_size_fn``) for at most
+  ``serve.batch_wait_timeout_s``; Serve splits a batch by multiplexed model id, and the engine
+  splits it again into compatible groups (same adapter, scale, steps, guidance, size).
+- ``serve.multiplexed``: requests for category experts carry their adapter name as the
+  multiplexed model id, so the router prefers replicas that already hold those LoRAs; loading
+  happens here, from the run directory only, with an LRU of ``serve.max_loaded_adapters``.
+- One generation at a time per replica (an asyncio lock; the pipeline runs in a thread so the
+  replica still answers health checks and gathers the next batch meanwhile). Batches that
+  Serve forms while the pipeline is busy wait in one queue and are merged, up to
+  ``max_batch_size`` images, when it frees up: under load every pipeline call is full.
+- Each job gets its own result: a group that fails answers its own requests with the error
+  (a :class:`~serve.engine.GenerationFailed`) and the rest of the batch still succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ray import serve
+
+from alignguard.config.schema import ExperimentConfig
+from serve.adapters import MERGED, NONE, AdapterCatalog
+from serve.engine import Engine, GenerationFailed, Job, JobResult
+
+log = logging.getLogger(__name__)
+UNHEALTHY_AFTER_FAILURES = 3
+
+
+def _images_in(jobs: list[Job]) -> int:
+    return sum(job.num_images for job in jobs)
+
+
+@serve.deployment(name="Generator")
+class Generator:
+    def __init__(self, config: dict) -> None:
+        import torch
+
+        from alignguard.models import load_pipeline
+
+        self.config = ExperimentConfig.model_validate(config)
+        serve_cfg = self.config.serve
+        if not torch.cuda.is_available():
+            torch.set_num_threads(1)  # see the performance notes: one thread per CPU process
+        catalog = AdapterCatalog.discover(self.config.run.output_dir, serve_cfg)
+        self.engine = Engine(
+            load_pipeline(self.config.model),
+            catalog,
+            serve_cfg.fuse_default_adapter,
+            serve_cfg.max_loaded_adapters,
+        )
+        self.generate.set_max_batch_size(serve_cfg.max_batch_size)
+        self.generate.set_batch_wait_timeout_s(serve_cfg.batch_wait_timeout_s)
+        self._lock = asyncio.Lock()
+        self._pending: list[tuple[Job, asyncio.Future]] = []
+        self._max_images = serve_cfg.max_batch_size
+        self._failures = 0
+
+        async def load_adapter(adapter: str) -> str:
+            plan = catalog.resolve(adapter, explicit=False)
+            await asyncio.to_thread(self.engine.ensure_loaded, list(plan.experts))
+            return plan.name
+
+        # Wired per instance so the LRU size comes from the config (Serve supports this form).
+        self._multiplexed = serve.multiplexed(max_num_models_per_replica=serve_cfg.max_loaded_adapters)(
+            load_adapter
+        )
+        log.info("generator ready: %s", self.engine.describe())
+
+    # Many batch handlers may wait at once (they queue their jobs and wait for the lock); the
+    # lock, not Serve's semaphore, makes generation one-at-a-time, so waiting batches can merge.
+    @serve.batch(
+        max_batch_size=8, batch_wait_timeout_s=0.05, max_concurrent_batches=1024, batch_size_fn=_images_in
+    )
+    async def generate(self, jobs: list[Job]) -> list[JobResult | Exception]:
+        loop = asyncio.get_running_loop()
+        entries = [(job, loop.create_future()) for job in jobs]
+        self._pending.extend(entries)
+        try:
+            while not all(future.done() for _, future in entries):
+                async with self._lock:
+                    await self._run_pending()
+        except asyncio.CancelledError:  # the callers gave up: drop what has not started
+            self._pending = [entry for entry in self._pending if entry not in entries]
+            raise
+        return [future.result() for _, future in entries]
+
+    async def _run_pending(self) -> None:
+        """Run the oldest pending jobs, up to ``max_batch_size`` images, in one engine call.
+
+        Serve forms a new batch every ``batch_wait_timeout_s`` even while the pipeline is busy;
+        batches that queued up meanwhile are merged here, so a loaded replica runs full batches.
+        """
+        if not self._pending:
+            return
+        taken, images = [], 0
+        while self._pending and (not taken or images + self._pending[0][0].num_images <= self._max_images):
+            entry = self._pending.pop(0)
+            taken.append(entry)
+            images += entry[0].num_images
+        jobs = [job for job, _ in taken]
+        try:
+            for adapter in {job.adapter for job in jobs if job.adapter not in (MERGED, NONE)}:
+                await self._multiplexed(adapter)  # loads the experts; tells the router they are here
+            results = await asyncio.to_thread(self.engine.run, jobs)
+        except Exception as exc:  # answer every caller; never leave one waiting
+            results = [GenerationFailed.wrap(exc)] * len(jobs)
+        failed = any(isinstance(result, Exception) for result in results)
+        self._failures = self._failures + 1 if failed else 0
+        for (_, future), result in zip(taken, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+    async def describe(self) -> dict:
+        return self.engine.describe()
+
+    async def check_health(self) -> None:
+        """Serve replaces a replica whose generations keep failing (a wedged device)."""
+        if self._failures >= UNHEALTHY_AFTER_FAILURES:
+            raise RuntimeError(f"{self._failures} generations in a row failed")
