@@ -55,6 +55,8 @@ class Job:
     negative_prompt: str = ""
     adapter: str = MERGED
     lora_scale: float = 1.0
+    sent_at: float = 0.0  # wall clock when the ingress sent it (timings only)
+    deadline: float = 0.0  # wall clock after which nobody waits for it any more (0: none)
 
     @property
     def seeds(self) -> list[int]:
@@ -113,12 +115,18 @@ class Engine:
     """A pipeline with the default adapter fused and up to ``max_loaded`` other LoRAs resident."""
 
     def __init__(
-        self, pipe: DiffusionPipeline, catalog: AdapterCatalog, fuse_default: bool = True, max_loaded: int = 4
+        self,
+        pipe: DiffusionPipeline,
+        catalog: AdapterCatalog,
+        fuse_default: bool = True,
+        max_loaded: int = 4,
+        idle_s: float | None = None,
     ) -> None:
         self.pipe = pipe
         self.catalog = catalog
         self.max_loaded = max_loaded
-        self.resident: OrderedDict[str, None] = OrderedDict()  # peft adapter names, LRU order
+        self.idle_s = idle_s
+        self.resident: OrderedDict[str, float] = OrderedDict()  # peft adapter name -> last use, LRU order
         self.fused = fuse_default and catalog.merged.available
         if self.fused:
             self._fuse_merged()
@@ -144,6 +152,7 @@ class Engine:
         for name in names:
             if name in self.resident:
                 self.resident.move_to_end(name)
+                self.resident[name] = time.monotonic()
                 continue
             while len(self.resident) >= self.max_loaded + 1:  # +1: merged's compensator
                 victim = next(n for n in self.resident if n not in names)
@@ -151,7 +160,7 @@ class Engine:
                 del self.resident[victim]
             with self.catalog.local_weights(name) as directory:
                 self.pipe.load_lora_weights(directory, weight_name=LORA_WEIGHT_NAME, adapter_name=name)
-            self.resident[name] = None
+            self.resident[name] = time.monotonic()
             log.info("loaded adapter %s (%d resident)", name, len(self.resident))
 
     def unload_all(self) -> None:
@@ -159,6 +168,14 @@ class Engine:
         if self.resident:
             self.pipe.unload_lora_weights()
             self.resident.clear()
+
+    def unload_idle(self, now: float | None = None) -> None:
+        """Resident LoRAs cost the default path too (peft wraps every target layer, ~3-10% on the
+        toy model): once all of them sit unused for ``idle_s``, remove the wrappers."""
+        now = time.monotonic() if now is None else now
+        if self.idle_s is not None and self.resident and now - max(self.resident.values()) > self.idle_s:
+            log.info("unloading idle adapters %s", list(self.resident))
+            self.unload_all()
 
     def activate(self, plan: AdapterPlan, scale: float) -> dict[str, float]:
         weights = adapter_weights(plan, scale, self.fused)
@@ -188,6 +205,7 @@ class Engine:
                 outputs = [GenerationFailed.wrap(exc)] * len(indices)
             for index, output in zip(indices, outputs, strict=True):
                 results[index] = output
+        self.unload_idle()
         return results  # type: ignore[return-value]
 
     def _run_group(self, jobs: list[Job]) -> list[JobResult]:

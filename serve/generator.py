@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+import time
 
 from ray import serve
 
@@ -44,17 +46,23 @@ class Generator:
         serve_cfg = self.config.serve
         if not torch.cuda.is_available():
             torch.set_num_threads(1)  # see the performance notes: one thread per CPU process
+        # The pipeline thread is Python-heavy (kernel launches; on small models nearly all of it):
+        # hand the GIL to the replica's event loops more often than every 5 ms, so requests keep
+        # flowing in and results out while a batch runs.
+        sys.setswitchinterval(0.0005)
         catalog = AdapterCatalog.discover(self.config.run.output_dir, serve_cfg)
         self.engine = Engine(
             load_pipeline(self.config.model),
             catalog,
-            serve_cfg.fuse_default_adapter,
-            serve_cfg.max_loaded_adapters,
+            fuse_default=serve_cfg.fuse_default_adapter,
+            max_loaded=serve_cfg.max_loaded_adapters,
+            idle_s=serve_cfg.adapter_idle_s,
         )
         self.generate.set_max_batch_size(serve_cfg.max_batch_size)
         self.generate.set_batch_wait_timeout_s(serve_cfg.batch_wait_timeout_s)
         self._lock = asyncio.Lock()
         self._pending: list[tuple[Job, asyncio.Future]] = []
+        self._arrived: dict[int, float] = {}
         self._max_images = serve_cfg.max_batch_size
         self._failures = 0
 
@@ -75,8 +83,10 @@ class Generator:
         max_batch_size=8, batch_wait_timeout_s=0.05, max_concurrent_batches=1024, batch_size_fn=_images_in
     )
     async def generate(self, jobs: list[Job]) -> list[JobResult | Exception]:
-        loop = asyncio.get_running_loop()
+        loop, arrived = asyncio.get_running_loop(), time.time()
         entries = [(job, loop.create_future()) for job in jobs]
+        for job, _ in entries:
+            self._arrived[id(job)] = arrived
         self._pending.extend(entries)
         try:
             while not all(future.done() for _, future in entries):
@@ -84,6 +94,8 @@ class Generator:
                     await self._run_pending()
         except asyncio.CancelledError:  # the callers gave up: drop what has not started
             self._pending = [entry for entry in self._pending if entry not in entries]
+            for job, _ in entries:
+                self._arrived.pop(id(job), None)
             raise
         return [future.result() for _, future in entries]
 
@@ -93,6 +105,7 @@ class Generator:
         Serve forms a new batch every ``batch_wait_timeout_s`` even while the pipeline is busy;
         batches that queued up meanwhile are merged here, so a loaded replica runs full batches.
         """
+        self._drop_expired()
         if not self._pending:
             return
         taken, images = [], 0
@@ -101,6 +114,7 @@ class Generator:
             taken.append(entry)
             images += entry[0].num_images
         jobs = [job for job, _ in taken]
+        started = time.time()
         try:
             for adapter in {job.adapter for job in jobs if job.adapter not in (MERGED, NONE)}:
                 await self._multiplexed(adapter)  # loads the experts; tells the router they are here
@@ -109,9 +123,28 @@ class Generator:
             results = [GenerationFailed.wrap(exc)] * len(jobs)
         failed = any(isinstance(result, Exception) for result in results)
         self._failures = self._failures + 1 if failed else 0
-        for (_, future), result in zip(taken, results, strict=True):
+        for (job, future), result in zip(taken, results, strict=True):
+            arrived = self._arrived.pop(id(job), started)
+            if isinstance(result, JobResult):
+                result.extra = {
+                    "to_generator_s": max(0.0, arrived - job.sent_at),  # routing + Serve's batch wait
+                    "pending_s": started - arrived,  # waiting for the pipeline
+                }
             if not future.done():
                 future.set_result(result)
+
+    def _drop_expired(self) -> None:
+        """Jobs whose caller has timed out (504) are not generated: after a burst of timeouts the
+        replica goes straight back to requests someone still waits for."""
+        now, kept = time.time(), []
+        for job, future in self._pending:
+            if job.deadline and now > job.deadline:
+                self._arrived.pop(id(job), None)
+                if not future.done():
+                    future.set_result(GenerationFailed("the request timed out before generation started"))
+            else:
+                kept.append((job, future))
+        self._pending = kept
 
     async def describe(self) -> dict:
         return self.engine.describe()

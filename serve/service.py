@@ -116,7 +116,7 @@ class Service:
             error = {403: "adapter_forbidden", 404: "adapter_unavailable"}.get(exc.status, "invalid_adapter")
             raise ServiceError(exc.status, error, str(exc)) from None
 
-    def make_job(self, request: Any, plan: AdapterPlan) -> Job:
+    def make_job(self, request: Any, plan: AdapterPlan, deadline: float = 0.0) -> Job:
         if request.response == "binary" and request.num_images != 1:
             raise ServiceError(
                 422, "invalid_request", "response 'binary' returns one image: set num_images 1"
@@ -135,6 +135,8 @@ class Service:
             negative_prompt=request.negative_prompt or "",
             adapter=plan.name,
             lora_scale=request.lora_scale,
+            sent_at=time.time(),
+            deadline=deadline,
         )
 
     # -- the request ---------------------------------------------------------------------------
@@ -144,7 +146,7 @@ class Service:
         start = time.perf_counter()
         deadline = start + self.serve.request_timeout_s
         plan = self.resolve_adapter(request.adapter)
-        job = self.make_job(request, plan)
+        job = self.make_job(request, plan, deadline=time.time() + self.serve.request_timeout_s)
         guard_start = time.perf_counter()
         prompt_verdict = await self._guarded(self.guards.check_prompt(job.prompt, request.negative_prompt))
         if prompt_verdict is not None and not prompt_verdict.allowed:
@@ -179,6 +181,7 @@ class Service:
             "guard_s": round(guard_s, 4),
             "batch_images": result.batch_images,
             "batch_requests": result.batch_requests,
+            **{key: round(value, 4) for key, value in result.extra.items()},
         }
         return Outcome(images, verdicts, metadata)
 

@@ -4,6 +4,7 @@ encoding, the Serve config file. (Over real HTTP on Ray Serve: ``test_serve_http
 from __future__ import annotations
 
 import shutil
+import time
 
 import numpy as np
 import pydantic
@@ -176,6 +177,21 @@ def test_engine_matches_separately_loaded_pipelines_for_every_adapter(run_dir):
     assert np.array_equal(again.images, results[0].images)
 
 
+def test_idle_adapters_are_unloaded_and_the_default_path_is_plain_fused_again(run_dir):
+    catalog = AdapterCatalog.discover(str(run_dir), toy_serve(run_dir))
+    engine = Engine(load_toy_pipeline(), catalog, idle_s=30.0)
+    before = engine.run([Job("a red bar", 3)])[0].images
+    engine.run([Job("a red bar", 3, adapter="hate")])
+    assert set(engine.resident) == {"merged", "hate"}
+    engine.unload_idle(now=time.monotonic() + 10)  # not idle long enough
+    assert engine.resident
+    engine.unload_idle(now=time.monotonic() + 31)
+    assert not engine.resident
+    assert not any("lora" in name for name, _ in engine.pipe.unet.named_modules())
+    assert np.array_equal(engine.run([Job("a red bar", 3)])[0].images, before)
+    assert engine.run([Job("a red bar", 3, adapter="hate")])[0].images.shape == (1, 32, 32, 3)  # reloads
+
+
 def test_engine_batches_compatible_jobs_and_stays_seed_exact(run_dir):
     catalog = AdapterCatalog.discover(str(run_dir), toy_serve(run_dir))
     engine = Engine(load_toy_pipeline(), catalog)
@@ -289,3 +305,9 @@ def test_cli_checks_serve_configs_and_refuses_rays_worker_ports(repo, tmp_path, 
     assert "confg" in capsys.readouterr().err
     assert main(["serve", "--config", "configs/toy.yaml", "--port", "12345"]) == 2
     assert "worker port range" in capsys.readouterr().err
+    # what would crash-loop replicas fails before Ray starts
+    empty = f"run.output_dir={tmp_path / 'empty'}"
+    assert main(["serve", "--config", "configs/toy.yaml", empty, "serve.require_default_adapter=true"]) == 2
+    assert "merged/pytorch_lora_weights.safetensors does not exist" in capsys.readouterr().err
+    assert main(["serve", "--config", "configs/toy.yaml", "serve.api_key_env=AG_TEST_UNSET_KEY_VAR"]) == 2
+    assert "$AG_TEST_UNSET_KEY_VAR is not set" in capsys.readouterr().err

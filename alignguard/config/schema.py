@@ -314,6 +314,9 @@ class ServeSection(Section):
     )
     fuse_default_adapter: bool = True
     max_loaded_adapters: PositiveInt = Field(4, description="expert LoRAs resident per replica (LRU)")
+    adapter_idle_s: PositiveFloat | None = Field(
+        60.0, description="unload LoRAs unused this long, so the default path is the plain fused UNet again"
+    )
     retry_after_s: NonNegativeFloat = 2.0
     graceful_shutdown_timeout_s: PositiveFloat = 30.0
     image_format: Literal["png", "jpeg", "webp"] = "png"

@@ -78,7 +78,26 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"port {port} lies in Ray's worker port range 10002-19999; choose another")
     if args.detach and args.address == "local":
         raise ConfigError("--detach needs a running cluster (--address or $RAY_ADDRESS), not a private one")
+    _preflight(config, args.detach)
     return _serve(config, port, args.address, args.detach)
+
+
+def _preflight(config, detach: bool) -> None:
+    """Fail here, with a clear message, on what would otherwise crash-loop the replicas."""
+    import os
+
+    from alignguard.config import ConfigError
+    from serve.adapters import AdapterCatalog, AdapterError
+
+    name = config.serve.api_key_env
+    if name and not os.environ.get(name) and not detach:
+        raise ConfigError(f"serve.api_key_env is {name!r} but ${name} is not set; export it first")
+    try:
+        catalog = AdapterCatalog.discover(config.run.output_dir, config.serve)
+    except AdapterError as exc:
+        raise ConfigError(str(exc)) from None
+    if catalog.base_only:
+        print(f"warning: BASE-ONLY mode (no safety LoRA): {catalog.default_reason}", file=sys.stderr)
 
 
 def _serve(config, port: int, address: str | None, detach: bool) -> int:
