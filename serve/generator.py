@@ -6,10 +6,11 @@
 - ``serve.multiplexed``: requests for category experts carry their adapter name as the
   multiplexed model id, so the router prefers replicas that already hold those LoRAs; loading
   happens here, from the run directory only, with an LRU of ``serve.max_loaded_adapters``.
-- One generation at a time per replica (an asyncio lock; the pipeline runs in a thread so the
+- One generation at a time per replica (one worker task; the pipeline runs in a thread so the
   replica still answers health checks and gathers the next batch meanwhile). Batches that
   Serve forms while the pipeline is busy wait in one queue and are merged, up to
-  ``max_batch_size`` images, when it frees up: under load every pipeline call is full.
+  ``max_batch_size`` images, when it frees up: under load every pipeline call is full. Jobs
+  whose caller has already timed out are answered, not generated.
 - Each job gets its own result: a group that fails answers its own requests with the error
   (a :class:`~serve.engine.GenerationFailed`) and the rest of the batch still succeeds.
 """
@@ -20,6 +21,7 @@ import asyncio
 import logging
 import sys
 import time
+from dataclasses import dataclass
 
 from ray import serve
 
@@ -33,6 +35,13 @@ UNHEALTHY_AFTER_FAILURES = 3
 
 def _images_in(jobs: list[Job]) -> int:
     return sum(job.num_images for job in jobs)
+
+
+@dataclass(eq=False)
+class _Pending:
+    job: Job
+    future: asyncio.Future
+    arrived: float  # wall clock
 
 
 @serve.deployment(name="Generator")
@@ -60,9 +69,9 @@ class Generator:
         )
         self.generate.set_max_batch_size(serve_cfg.max_batch_size)
         self.generate.set_batch_wait_timeout_s(serve_cfg.batch_wait_timeout_s)
-        self._lock = asyncio.Lock()
-        self._pending: list[tuple[Job, asyncio.Future]] = []
-        self._arrived: dict[int, float] = {}
+        self._pending: list[_Pending] = []
+        self._wake = asyncio.Event()
+        self._worker: asyncio.Task | None = None
         self._max_images = serve_cfg.max_batch_size
         self._failures = 0
 
@@ -77,44 +86,49 @@ class Generator:
         )
         log.info("generator ready: %s", self.engine.describe())
 
-    # Many batch handlers may wait at once (they queue their jobs and wait for the lock); the
-    # lock, not Serve's semaphore, makes generation one-at-a-time, so waiting batches can merge.
+    # Serve's batch handler only queues the jobs and waits for their results; one worker task
+    # feeds the pipeline. Batches that Serve forms while the pipeline is busy therefore merge in
+    # the queue, and no handler waits behind another's generation once its own results are in.
     @serve.batch(
         max_batch_size=8, batch_wait_timeout_s=0.05, max_concurrent_batches=1024, batch_size_fn=_images_in
     )
     async def generate(self, jobs: list[Job]) -> list[JobResult | Exception]:
         loop, arrived = asyncio.get_running_loop(), time.time()
-        entries = [(job, loop.create_future()) for job in jobs]
-        for job, _ in entries:
-            self._arrived[id(job)] = arrived
+        entries = [_Pending(job, loop.create_future(), arrived) for job in jobs]
         self._pending.extend(entries)
+        self._wake.set()
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._work())
         try:
-            while not all(future.done() for _, future in entries):
-                async with self._lock:
-                    await self._run_pending()
+            return list(await asyncio.gather(*(entry.future for entry in entries)))
         except asyncio.CancelledError:  # the callers gave up: drop what has not started
             self._pending = [entry for entry in self._pending if entry not in entries]
-            for job, _ in entries:
-                self._arrived.pop(id(job), None)
             raise
-        return [future.result() for _, future in entries]
 
-    async def _run_pending(self) -> None:
-        """Run the oldest pending jobs, up to ``max_batch_size`` images, in one engine call.
+    async def _work(self) -> None:
+        """Forever: take the oldest pending jobs (up to ``max_batch_size`` images) and run them."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._drop_expired():
+                taken = self._take()
+                try:
+                    await self._run(taken)
+                except Exception as exc:  # never let the worker die with callers waiting
+                    for entry in taken:
+                        if not entry.future.done():
+                            entry.future.set_result(GenerationFailed.wrap(exc))
 
-        Serve forms a new batch every ``batch_wait_timeout_s`` even while the pipeline is busy;
-        batches that queued up meanwhile are merged here, so a loaded replica runs full batches.
-        """
-        self._drop_expired()
-        if not self._pending:
-            return
+    def _take(self) -> list[_Pending]:
         taken, images = [], 0
-        while self._pending and (not taken or images + self._pending[0][0].num_images <= self._max_images):
+        while self._pending and (not taken or images + self._pending[0].job.num_images <= self._max_images):
             entry = self._pending.pop(0)
             taken.append(entry)
-            images += entry[0].num_images
-        jobs = [job for job, _ in taken]
-        started = time.time()
+            images += entry.job.num_images
+        return taken
+
+    async def _run(self, taken: list[_Pending]) -> None:
+        jobs, started = [entry.job for entry in taken], time.time()
         try:
             for adapter in {job.adapter for job in jobs if job.adapter not in (MERGED, NONE)}:
                 await self._multiplexed(adapter)  # loads the experts; tells the router they are here
@@ -123,28 +137,29 @@ class Generator:
             results = [GenerationFailed.wrap(exc)] * len(jobs)
         failed = any(isinstance(result, Exception) for result in results)
         self._failures = self._failures + 1 if failed else 0
-        for (job, future), result in zip(taken, results, strict=True):
-            arrived = self._arrived.pop(id(job), started)
+        for entry, result in zip(taken, results, strict=True):
             if isinstance(result, JobResult):
                 result.extra = {
-                    "to_generator_s": max(0.0, arrived - job.sent_at),  # routing + Serve's batch wait
-                    "pending_s": started - arrived,  # waiting for the pipeline
+                    "to_generator_s": max(0.0, entry.arrived - entry.job.sent_at),  # routing + batch wait
+                    "pending_s": started - entry.arrived,  # waiting for the pipeline
                 }
-            if not future.done():
-                future.set_result(result)
+            if not entry.future.done():
+                entry.future.set_result(result)
 
-    def _drop_expired(self) -> None:
-        """Jobs whose caller has timed out (504) are not generated: after a burst of timeouts the
-        replica goes straight back to requests someone still waits for."""
+    def _drop_expired(self) -> bool:
+        """Answer (not generate) jobs whose caller has timed out, so that after a burst of 504s the
+        replica goes straight back to requests someone still waits for. True if jobs remain."""
         now, kept = time.time(), []
-        for job, future in self._pending:
-            if job.deadline and now > job.deadline:
-                self._arrived.pop(id(job), None)
-                if not future.done():
-                    future.set_result(GenerationFailed("the request timed out before generation started"))
-            else:
-                kept.append((job, future))
+        for entry in self._pending:
+            if entry.job.deadline and now > entry.job.deadline:
+                if not entry.future.done():
+                    entry.future.set_result(
+                        GenerationFailed("the request timed out before generation started")
+                    )
+            elif not entry.future.done():  # done: a cancelled caller
+                kept.append(entry)
         self._pending = kept
+        return bool(kept)
 
     async def describe(self) -> dict:
         return self.engine.describe()

@@ -8,6 +8,7 @@ a :class:`ServiceError` with an HTTP status and a message; nothing escapes as a 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import time
 import uuid
@@ -135,7 +136,6 @@ class Service:
             negative_prompt=request.negative_prompt or "",
             adapter=plan.name,
             lora_scale=request.lora_scale,
-            sent_at=time.time(),
             deadline=deadline,
         )
 
@@ -218,7 +218,7 @@ class Service:
         handle = self.generator
         if plan.experts:  # routes the request to replicas that already hold these experts
             handle = handle.options(multiplexed_model_id=plan.name)
-        response = handle.generate.remote(job)
+        response = handle.generate.remote(dataclasses.replace(job, sent_at=time.time()))
         try:
             result = await asyncio.wait_for(response, max(0.0, deadline - time.perf_counter()))
             if isinstance(result, Exception):  # the generator answers a failed job with its error
