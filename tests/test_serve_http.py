@@ -94,6 +94,7 @@ def service(ray_cluster, tmp_path_factory):
             "serve.ingress.max_queued_requests=4",
             "serve.ingress.num_cpus=0.1",
             "serve.retry_after_s=1",
+            "serve.limits.max_steps=100",
             "resources.serve.num_cpus=0.5",
         ],
     )
@@ -268,18 +269,28 @@ def test_unreadable_and_oversized_bodies_are_refused(service):
     assert requests.get(service["url"] + "/nope", timeout=CLIENT_TIMEOUT_S).status_code == 401  # key first
 
 
+def answers_again(service, within_s: float = 20.0) -> bool:
+    """The service serves a plain request again (after the batch in flight has finished)."""
+    end = time.monotonic() + within_s
+    while time.monotonic() < end:
+        if post(service, {"prompt": "a red bar"}).status_code == 200:
+            return True
+        time.sleep(0.5)
+    return False
+
+
 def test_requests_past_the_timeout_get_504_and_nothing_hangs(service):
-    slow = {"prompt": "a red bar", "num_images": 4, "steps": 50, "width": 64, "height": 64}
+    slow = {"prompt": "a red bar", "num_images": 4, "steps": 100, "width": 64, "height": 64}
     start = time.perf_counter()
     with ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(lambda i: post(service, {**slow, "seed": i}), range(6)))
     codes = sorted(a.status_code for a in answers)
     assert set(codes) <= {200, 503, 504}, codes  # 503: a replica slot not yet freed by a cancelled one
-    assert 504 in codes, codes  # 6 batches of ~1 s each, one after another, cannot all finish in 3 s
+    assert 504 in codes, codes  # 6 batches of ~2 s each, one after another, cannot all finish in 3 s
     late = next(a for a in answers if a.status_code == 504).json()
     assert late["error"] == "timeout" and "request_timeout_s" in late["message"]
-    assert time.perf_counter() - start < TIMEOUT_S + 10
-    assert post(service, {"prompt": "a red bar"}).status_code == 200
+    assert time.perf_counter() - start < TIMEOUT_S + 10  # every client had its answer in time
+    assert answers_again(service)  # the timed-out jobs were dropped, not generated
 
 
 def test_a_flood_beyond_the_queues_gets_503_and_the_service_recovers(service):
@@ -292,8 +303,7 @@ def test_a_flood_beyond_the_queues_gets_503_and_the_service_recovers(service):
     assert overloaded, sorted(codes)  # 48 at once against 8 + 4 ingress and 4 + 4 generator places
     assert all(a.headers.get("retry-after") == "1" for a in overloaded)
     assert 200 in codes
-    time.sleep(1.5)
-    assert post(service, {"prompt": "a red bar"}).status_code == 200
+    assert answers_again(service)
     assert requests.get(service["url"] + "/healthz", timeout=CLIENT_TIMEOUT_S).json()["status"] == "ok"
 
 
