@@ -18,11 +18,14 @@ import asyncio
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Verdict(BaseModel):
-    """One guard decision."""
+    """One guard decision. Keys beyond these (a guard's policy details: action, adapter, layer,
+    ...) are kept, so an ingress or client that understands them can use them."""
+
+    model_config = ConfigDict(extra="allow")
 
     allowed: bool
     category: str | None = Field(None, description="the category that decided a refusal")
