@@ -25,8 +25,7 @@ Each job command reads an experiment YAML (configs/*.yaml) and accepts overrides
 
 
 def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
-
-    from jobs.commands import config, data, doctor, guard, merge, synthesize, toyworld, train
+    from jobs.commands import config, data, doctor, guard, merge, serve, synthesize, toyworld, train
 
     return [
         config.register,
@@ -36,6 +35,7 @@ def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
         toyworld.register,
         merge.register,
         guard.register,
+        serve.register,
         doctor.register,
     ]
 

@@ -257,7 +257,60 @@ class AutoscalingSection(Section):
         return self
 
 
+class ServeLimits(Section):
+    """Bounds on every request field; a request outside them gets a 422 that names the field."""
+
+    max_prompt_chars: PositiveInt = 1000
+    max_prompt_tokens: PositiveInt | None = Field(
+        None, description="null: the model tokenizer's own limit (77 for SD, 16 for the toy model)"
+    )
+    min_size: PositiveInt = 64
+    max_size: PositiveInt = 1024
+    default_size: PositiveInt | None = Field(None, description="null: model.resolution")
+    max_steps: PositiveInt = 50
+    default_steps: PositiveInt = 25
+    max_guidance: NonNegativeFloat = 20.0
+    default_guidance: NonNegativeFloat = 7.5
+    max_images: PositiveInt = 4
+    max_composed_adapters: PositiveInt = 3
+    lora_scale_min: NonNegativeFloat = 0.5
+    lora_scale_max: PositiveFloat = 1.5
+    max_body_bytes: PositiveInt = 65536
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServeLimits:
+        for name in ("min_size", "max_size", "default_size"):
+            value = getattr(self, name)
+            if value is not None and value % 8:
+                raise ValueError(f"{name} must be a multiple of 8, got {value}")
+        if self.min_size > self.max_size:
+            raise ValueError(f"min_size ({self.min_size}) exceeds max_size ({self.max_size})")
+        if self.default_size is not None and not self.min_size <= self.default_size <= self.max_size:
+            raise ValueError(f"default_size ({self.default_size}) is outside [min_size, max_size]")
+        if self.default_steps > self.max_steps:
+            raise ValueError(f"default_steps ({self.default_steps}) exceeds max_steps ({self.max_steps})")
+        if self.default_guidance > self.max_guidance:
+            raise ValueError(f"default_guidance ({self.default_guidance}) exceeds max_guidance")
+        if not self.lora_scale_min <= 1.0 <= self.lora_scale_max:
+            raise ValueError("the default LoRA scale 1.0 must lie in [lora_scale_min, lora_scale_max]")
+        return self
+
+
+class IngressSection(Section):
+    """The HTTP ingress deployment (CPU): validation, auth, image encoding."""
+
+    num_replicas: PositiveInt = 1
+    num_cpus: PositiveFloat = 0.5
+    # Serve's default of 5 would silently cap batching and autoscaling downstream: keep it high.
+    max_ongoing_requests: PositiveInt = 256
+    max_queued_requests: PositiveInt = 256
+
+
 class ServeSection(Section):
+    """Guarded generation on Ray Serve. ``max_batch_size`` counts images; ``max_ongoing_requests``
+    and ``max_queued_requests`` bound each generator replica; ``request_timeout_s`` bounds a
+    request end to end (504 past it)."""
+
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     default_adapter: str = "merged"
@@ -268,6 +321,61 @@ class ServeSection(Section):
     max_queued_requests: PositiveInt = 64
     request_timeout_s: PositiveFloat = 120.0
     autoscaling: AutoscalingSection = AutoscalingSection()
+    app_name: str = Field("alignguard", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    route_prefix: str = Field("/", pattern=r"^/")
+    api_key_env: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="name of the environment variable holding the API key (never the key itself)",
+    )
+    require_default_adapter: bool = Field(
+        False, description="refuse to start without the default adapter's weights (else: base-only mode)"
+    )
+    fuse_default_adapter: bool = True
+    max_loaded_adapters: PositiveInt = Field(4, description="expert LoRAs resident per replica (LRU)")
+    adapter_idle_s: PositiveFloat | None = Field(
+        60.0, description="unload LoRAs unused this long, so the default path is the plain fused UNet again"
+    )
+    retry_after_s: NonNegativeFloat = 2.0
+    graceful_shutdown_timeout_s: PositiveFloat = 30.0
+    image_format: Literal["png", "jpeg", "webp"] = "png"
+    image_quality: Annotated[int, Field(ge=1, le=100)] = 90
+    limits: ServeLimits = ServeLimits()
+    ingress: IngressSection = IngressSection()
+
+    @field_validator("default_adapter")
+    @classmethod
+    def _adapter_name(cls, value: str) -> str:
+        parts = value.split("+")
+        if value not in ("merged", "none") and not all(part in CATEGORIES for part in parts):
+            raise ValueError(
+                f"must be 'merged', 'none', a category or categories joined by '+', got {value!r}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServeSection:
+        if self.limits.max_images > self.max_batch_size:
+            raise ValueError(
+                f"limits.max_images ({self.limits.max_images}) exceeds max_batch_size "
+                f"({self.max_batch_size}): such a request could never fit a batch"
+            )
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError(
+                f"max_ongoing_requests ({self.max_ongoing_requests}) is below max_batch_size "
+                f"({self.max_batch_size}): batches could never fill"
+            )
+        if self.ingress.max_ongoing_requests < self.max_ongoing_requests:
+            raise ValueError("ingress.max_ongoing_requests must be at least max_ongoing_requests")
+        if self.max_loaded_adapters < self.limits.max_composed_adapters:
+            raise ValueError("max_loaded_adapters must be at least limits.max_composed_adapters")
+        if self.default_adapter == "none" and not self.allow_no_adapter:
+            raise ValueError("default_adapter 'none' needs allow_no_adapter: true")
+        if not self.allow_no_adapter and self.limits.lora_scale_min <= 0:
+            raise ValueError(
+                "limits.lora_scale_min must be > 0 unless allow_no_adapter (scale 0 is no adapter)"
+            )
+        return self
 
 
 GuardAction = Literal["allow", "align", "blur", "block"]

@@ -1,0 +1,286 @@
+"""What the ingress does with a request: validate, guard, generate (remotely), guard, encode.
+
+Pure request logic over a generator *handle*: the Serve deployment (:mod:`serve.ingress`) and
+the HTTP routes (:mod:`serve.api`) are thin layers around :class:`Service`. Every failure becomes
+a :class:`ServiceError` with an HTTP status and a message; nothing escapes as a bare 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from alignguard.config.schema import ExperimentConfig, ModelSection
+from serve.adapters import AdapterCatalog, AdapterError, AdapterPlan
+from serve.encoding import encode_images
+from serve.engine import Job, JobResult
+from serve.guards import Guards, GuardUnavailable, Verdict
+from serve.schemas import MAX_SEED, MEDIA_TYPES, request_model
+
+
+class ServiceError(Exception):
+    """A request that cannot be served; ``status`` and ``error`` go into the HTTP answer."""
+
+    def __init__(
+        self, status: int, error: str, message: str, detail: Any = None, headers: dict | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.error, self.message = status, error, message
+        self.detail, self.headers = detail, headers or {}
+
+
+@dataclass
+class Outcome:
+    """A served request: encoded images plus everything the JSON answer reports."""
+
+    images: list[bytes | None]
+    verdicts: list[Verdict | None]
+    metadata: dict = field(default_factory=dict)
+
+
+def load_tokenizer(model: ModelSection):
+    """The model's (first) tokenizer, to count prompt tokens before anything is queued."""
+    from transformers import AutoTokenizer
+
+    from alignguard.models import resolve_model_path
+
+    kwargs = {"revision": model.revision} if model.revision else {}
+    return AutoTokenizer.from_pretrained(resolve_model_path(model), subfolder="tokenizer", **kwargs)
+
+
+def token_limit(tokenizer, configured: int | None) -> int:
+    """``serve.limits.max_prompt_tokens`` or the tokenizer's own limit (77 for CLIP)."""
+    if configured is not None:
+        return configured
+    own = getattr(tokenizer, "model_max_length", None)
+    return own if isinstance(own, int) and 0 < own < 100_000 else 77
+
+
+def default_size(config: ExperimentConfig) -> int:
+    return config.serve.limits.default_size or config.model.resolution
+
+
+def _unavailable_exceptions() -> tuple[type[BaseException], ...]:
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+    from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
+
+    return (
+        ActorDiedError,
+        ActorUnavailableError,
+        RayActorError,
+        DeploymentUnavailableError,
+        ReplicaUnavailableError,
+    )
+
+
+class Service:
+    """One ingress replica's request logic."""
+
+    def __init__(
+        self, generator: Any, config: ExperimentConfig, catalog: AdapterCatalog, tokenizer, guards: Guards
+    ) -> None:
+        self.generator = generator
+        self.config = config
+        self.serve = config.serve
+        self.catalog = catalog
+        self.tokenizer = tokenizer
+        self.max_tokens = token_limit(tokenizer, self.serve.limits.max_prompt_tokens)
+        self.guards = guards
+        self.size = default_size(config)
+        self.Request = request_model(self.serve.limits, self.size, self.serve.image_format)
+        self.api_key: str | None = None
+
+    # -- validation beyond the request model --------------------------------------------------
+
+    def check_tokens(self, field_name: str, text: str | None) -> None:
+        if not text:
+            return
+        count = len(self.tokenizer(text, truncation=False).input_ids)
+        if count > self.max_tokens:
+            raise ServiceError(
+                422,
+                "invalid_request",
+                f"{field_name} is {count} tokens; this model reads at most {self.max_tokens} "
+                "(start and end tokens included)",
+                detail=[{"loc": ["body", field_name], "msg": "too many tokens", "type": "too_long"}],
+            )
+
+    def resolve_adapter(self, name: str | None) -> AdapterPlan:
+        try:
+            return self.catalog.resolve(name)
+        except AdapterError as exc:
+            error = {403: "adapter_forbidden", 404: "adapter_unavailable"}.get(exc.status, "invalid_adapter")
+            raise ServiceError(exc.status, error, str(exc)) from None
+
+    def make_job(self, request: Any, plan: AdapterPlan, deadline: float = 0.0) -> Job:
+        if request.response == "binary" and request.num_images != 1:
+            raise ServiceError(
+                422, "invalid_request", "response 'binary' returns one image: set num_images 1"
+            )
+        self.check_tokens("prompt", request.prompt)
+        self.check_tokens("negative_prompt", request.negative_prompt)
+        seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED - 64)
+        return Job(
+            prompt=request.prompt,
+            seed=seed,
+            num_images=request.num_images,
+            steps=request.steps,
+            guidance=request.guidance,
+            width=request.width,
+            height=request.height,
+            negative_prompt=request.negative_prompt or "",
+            adapter=plan.name,
+            lora_scale=request.lora_scale,
+            deadline=deadline,
+        )
+
+    # -- the request ---------------------------------------------------------------------------
+
+    async def generate(self, request: Any) -> Outcome:
+        """Serve one validated ``GenerateRequest``; raises :class:`ServiceError`."""
+        start = time.perf_counter()
+        deadline = start + self.serve.request_timeout_s
+        plan = self.resolve_adapter(request.adapter)
+        job = self.make_job(request, plan, deadline=time.time() + self.serve.request_timeout_s)
+        guard_start = time.perf_counter()
+        prompt_verdict = await self._guarded(self.guards.check_prompt(job.prompt, request.negative_prompt))
+        if prompt_verdict is not None and not prompt_verdict.allowed:
+            raise ServiceError(
+                400,
+                "prompt_refused",
+                prompt_verdict.reason or "the prompt guard refused this prompt",
+                detail=prompt_verdict.model_dump(),
+            )
+        guard_s = time.perf_counter() - guard_start
+        result = await self._remote_generate(job, plan, deadline)
+        guard_start = time.perf_counter()
+        verdicts = await self._guarded(self.guards.check_images(result.images, job.prompt))
+        guard_s += time.perf_counter() - guard_start
+        verdicts = verdicts or [None] * len(result.images)
+        encode_start = time.perf_counter()
+        encoded = await asyncio.to_thread(
+            encode_images, result.images, request.format, self.serve.image_quality
+        )
+        images = [
+            None if v is not None and not v.allowed else data
+            for v, data in zip(verdicts, encoded, strict=True)
+        ]
+        encode_s = time.perf_counter() - encode_start
+        total_s = time.perf_counter() - start
+        metadata = self._metadata(request, job, plan, result, prompt_verdict)
+        metadata["timings"] = {
+            "total_s": round(total_s, 4),
+            "queue_s": round(max(0.0, total_s - result.generate_s - encode_s - guard_s), 4),
+            "generate_s": round(result.generate_s, 4),
+            "encode_s": round(encode_s, 4),
+            "guard_s": round(guard_s, 4),
+            "batch_images": result.batch_images,
+            "batch_requests": result.batch_requests,
+            **{key: round(value, 4) for key, value in result.extra.items()},
+        }
+        return Outcome(images, verdicts, metadata)
+
+    def _metadata(self, request: Any, job: Job, plan: AdapterPlan, result: JobResult, verdict) -> dict:
+        return {
+            "request_id": uuid.uuid4().hex,
+            "format": request.format,
+            "media_type": MEDIA_TYPES[request.format],
+            "adapter": result.adapter,
+            "aligned": not plan.is_none,
+            "base_only": self.catalog.base_only,
+            "lora_scale": job.lora_scale if not plan.is_none else 0.0,
+            "seed": job.seed,
+            "seeds": job.seeds,
+            "steps": job.steps,
+            "guidance": job.guidance,
+            "width": job.width,
+            "height": job.height,
+            "prompt_verdict": verdict.model_dump() if verdict is not None else None,
+        }
+
+    async def _guarded(self, call):
+        try:
+            return await call
+        except GuardUnavailable as exc:
+            raise ServiceError(503, "guard_unavailable", str(exc), headers=self._retry_after()) from None
+
+    def _retry_after(self) -> dict:
+        return {"Retry-After": str(max(1, round(self.serve.retry_after_s)))}
+
+    async def _remote_generate(self, job: Job, plan: AdapterPlan, deadline: float) -> JobResult:
+        from ray.serve.exceptions import BackPressureError
+
+        handle = self.generator
+        if plan.experts:  # routes the request to replicas that already hold these experts
+            handle = handle.options(multiplexed_model_id=plan.name)
+        response = handle.generate.remote(dataclasses.replace(job, sent_at=time.time()))
+        try:
+            result = await asyncio.wait_for(response, max(0.0, deadline - time.perf_counter()))
+            if isinstance(result, Exception):  # the generator answers a failed job with its error
+                raise result
+            return result
+        except (TimeoutError, asyncio.TimeoutError):
+            response.cancel()
+            raise ServiceError(
+                504, "timeout", f"no images within serve.request_timeout_s = {self.serve.request_timeout_s} s"
+            ) from None
+        except BackPressureError as exc:
+            raise ServiceError(
+                503,
+                "overloaded",
+                f"the service is at capacity, retry later ({exc.message})",
+                headers=self._retry_after(),
+            ) from None
+        except AdapterError as exc:  # the replica saw different files than this ingress
+            raise ServiceError(exc.status, "adapter_unavailable", str(exc)) from None
+        except _unavailable_exceptions() as exc:
+            raise ServiceError(
+                503,
+                "unavailable",
+                f"no generator replica could serve this: {type(exc).__name__}",
+                headers=self._retry_after(),
+            ) from None
+        except Exception as exc:
+            raise ServiceError(
+                500, "generation_failed", f"{type(exc).__name__}: {_first_line(exc)}"
+            ) from None
+
+    # -- the other routes ----------------------------------------------------------------------
+
+    def adapters(self) -> dict:
+        return {
+            **self.catalog.describe(),
+            "lora_scale": {"min": self.serve.limits.lora_scale_min, "max": self.serve.limits.lora_scale_max},
+        }
+
+    async def health(self) -> tuple[int, dict]:
+        """200 when a generator replica answers (or is merely busy), 503 when none can."""
+        from ray.serve.exceptions import BackPressureError
+
+        body = {
+            "status": "ok",
+            "model": self.config.model.family,
+            "default_adapter": self.catalog.default.name,
+            "base_only": self.catalog.base_only,
+            "guards": self.guards.names,
+        }
+        response = self.generator.describe.remote()
+        try:
+            body["generator"] = await asyncio.wait_for(response, 5.0)
+        except (TimeoutError, asyncio.TimeoutError, BackPressureError):
+            response.cancel()
+            body["status"], body["generator"] = "busy", None
+        except Exception as exc:
+            body["status"], body["generator"] = "unavailable", f"{type(exc).__name__}: {_first_line(exc)}"
+            return 503, body
+        return 200, body
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1][:300] if text else ""
