@@ -57,7 +57,9 @@ def train_loop(loop_config: dict) -> None:
     for step in range(start_step, expert.steps):
         metrics = _train_step(state, sampler, config, step, rank, device)
         metrics["step"] = step + 1
-        if monitor is not None and ((step + 1) % config.training.monitor_every == 0 or step + 1 == expert.steps):
+        if monitor is not None and (
+            (step + 1) % config.training.monitor_every == 0 or step + 1 == expert.steps
+        ):
             metrics.update(monitor.measure(state.engine.module))
         history.append(metrics)
         _maybe_report(state, config, expert, step + 1, metrics, history, rank)
@@ -96,12 +98,22 @@ def _build(config, expert: ExpertSpec, device: torch.device, world: int, deepspe
         from transformers.optimization import Adafactor
 
         client_optimizer = Adafactor(
-            trainable, lr=config.training.learning_rate, relative_step=False, scale_parameter=False, warmup_init=False
+            trainable,
+            lr=config.training.learning_rate,
+            relative_step=False,
+            scale_parameter=False,
+            warmup_init=False,
         )
     engine, _, _, _ = deepspeed.initialize(
         model=unet, model_parameters=trainable, optimizer=client_optimizer, config=ds_config
     )
-    dtype = torch.bfloat16 if ds_config["bf16"]["enabled"] else torch.float16 if ds_config["fp16"]["enabled"] else torch.float32
+    dtype = (
+        torch.bfloat16
+        if ds_config["bf16"]["enabled"]
+        else torch.float16
+        if ds_config["fp16"]["enabled"]
+        else torch.float32
+    )
     scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
     return _State(engine=engine, unet=unet, noise_scheduler=scheduler, dtype=dtype)
 
@@ -115,8 +127,14 @@ def _sampler(config, expert: ExpertSpec, rank: int, world: int):
     training = config.training
     # Preference pairs: the expert's category. Preservation: every category's safe twins.
     return PreferenceSampler(
-        everything.select(expert.category), training.strategy, training.caption_dropout, training.batch_size,
-        seed=config.run.seed, rank=rank, world_size=world, preserve=everything,
+        everything.select(expert.category),
+        training.strategy,
+        training.caption_dropout,
+        training.batch_size,
+        seed=config.run.seed,
+        rank=rank,
+        world_size=world,
+        preserve=everything,
     )
 
 
@@ -138,9 +156,15 @@ def _train_step(state: _State, sampler, config, step: int, rank: int, device: to
     for micro in range(training.grad_accum):
         batch = sampler.batch(step * training.grad_accum + micro).to(device, state.dtype)
         out = preference_loss(
-            engine.module, state.noise_scheduler, batch, _step_generator(config.run.seed, step, micro, rank),
-            loss=training.loss, beta=training.beta, anchor_weight=training.anchor_weight,
-            preserve_weight=training.preserve_weight, timestep_range=tuple(training.timestep_range),
+            engine.module,
+            state.noise_scheduler,
+            batch,
+            _step_generator(config.run.seed, step, micro, rank),
+            loss=training.loss,
+            beta=training.beta,
+            anchor_weight=training.anchor_weight,
+            preserve_weight=training.preserve_weight,
+            timestep_range=tuple(training.timestep_range),
         )
         engine.backward(out.loss)
         engine.step()  # DeepSpeed steps the optimizer only at accumulation boundaries
@@ -150,7 +174,9 @@ def _train_step(state: _State, sampler, config, step: int, rank: int, device: to
     return totals
 
 
-def _maybe_report(state: _State, config, expert: ExpertSpec, step: int, metrics: dict, history: list, rank: int) -> None:
+def _maybe_report(
+    state: _State, config, expert: ExpertSpec, step: int, metrics: dict, history: list, rank: int
+) -> None:
     import ray.train
 
     training = config.training
@@ -175,8 +201,13 @@ def _save_checkpoint(state: _State, directory: str, rank: int, step: int, histor
     if rank == 0:
         save_file(_trainable_state(state.engine.module), os.path.join(directory, "trainable.safetensors"))
         scheduler = state.engine.lr_scheduler.state_dict() if state.engine.lr_scheduler else {}
-        meta = {"step": step, "history": history, "scheduler": scheduler,
-                "global_steps": state.engine.global_steps, "global_samples": state.engine.global_samples}
+        meta = {
+            "step": step,
+            "history": history,
+            "scheduler": scheduler,
+            "global_steps": state.engine.global_steps,
+            "global_samples": state.engine.global_samples,
+        }
         Path(directory, STATE_FILE).write_text(json.dumps(meta))
 
 
@@ -195,7 +226,9 @@ def _restore(state: _State, rank: int, checkpoint) -> tuple[int, list]:
         with torch.no_grad():
             for name, tensor in trainable.items():
                 params[name].copy_(tensor.to(params[name].device, params[name].dtype))
-        optimizer_state = load_tree(directory, f"optimizer-rank{rank:04d}", fresh=engine.optimizer.state_dict())
+        optimizer_state = load_tree(
+            directory, f"optimizer-rank{rank:04d}", fresh=engine.optimizer.state_dict()
+        )
         engine.optimizer.load_state_dict(optimizer_state)
         meta = json.loads(Path(directory, STATE_FILE).read_text())
     if engine.lr_scheduler and meta["scheduler"]:
@@ -220,7 +253,12 @@ def _publish(state: _State, config, expert: ExpertSpec, history: list, seconds: 
             stage.put_file(Path(staging, "config.json"), "config.json")
         stage.put_file(weights, weights.name)
     final = history[-1] if history else {}
-    metrics = {"expert": expert.name, "steps": expert.steps, "train_seconds": round(seconds, 2), "final": final}
+    metrics = {
+        "expert": expert.name,
+        "steps": expert.steps,
+        "train_seconds": round(seconds, 2),
+        "final": final,
+    }
     stage.write_json("metrics.json", metrics)
     stage.write_text("steps.jsonl", "".join(json.dumps(entry) + "\n" for entry in history))
     write_manifest(
@@ -230,7 +268,13 @@ def _publish(state: _State, config, expert: ExpertSpec, history: list, seconds: 
             config=stage_config(config, TRAINING_SECTIONS),
             config_hash=stage_config_hash(config, TRAINING_SECTIONS),
             outputs=describe_outputs(
-                stage, [weights.name, "metrics.json", "steps.jsonl", *(["config.json"] if config.training.mode == "full" else [])]
+                stage,
+                [
+                    weights.name,
+                    "metrics.json",
+                    "steps.jsonl",
+                    *(["config.json"] if config.training.mode == "full" else []),
+                ],
             ),
             seeds={"run": config.run.seed},
             timings={"train": seconds},

@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 
-import ray
 from ray import tune
 from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
@@ -49,14 +48,18 @@ def run_name(config: ExperimentConfig, expert: ExpertSpec) -> str:
     return f"{expert.name}-{training_hash(config)[:10]}"
 
 
-def build_trainer(config: ExperimentConfig, expert: ExpertSpec, callbacks: list | None = None) -> TorchTrainer:
+def build_trainer(
+    config: ExperimentConfig, expert: ExpertSpec, callbacks: list | None = None
+) -> TorchTrainer:
     resources = config.resources.training
     use_gpu = resources.num_gpus > 0
     worker_resources = {"CPU": resources.num_cpus, **({"GPU": resources.num_gpus} if use_gpu else {})}
     return TorchTrainer(
         train_loop,
         train_loop_config={"config": config.model_dump_json(), "expert": asdict(expert)},
-        scaling_config=ScalingConfig(num_workers=resources.concurrency, use_gpu=use_gpu, resources_per_worker=worker_resources),
+        scaling_config=ScalingConfig(
+            num_workers=resources.concurrency, use_gpu=use_gpu, resources_per_worker=worker_resources
+        ),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(
             name=run_name(config, expert),
@@ -93,7 +96,9 @@ def run_fleet(config: ExperimentConfig) -> list[ExpertOutcome]:
     """Train every pending expert concurrently; returns one outcome per planned expert."""
     synthesis = RunDir(config.run.output_dir).sub("synthesis")
     if not stage_status(synthesis, verify_hashes=False).complete:
-        raise FileNotFoundError(f"{synthesis.uri} is not a complete synthesis stage: run `alignguard synthesize` first")
+        raise FileNotFoundError(
+            f"{synthesis.uri} is not a complete synthesis stage: run `alignguard synthesize` first"
+        )
     experts = plan_experts(config)
     done = {e.name for e in experts if expert_is_complete(config, e.name)}
     pending = [e for e in experts if e.name not in done]
@@ -105,7 +110,9 @@ def run_fleet(config: ExperimentConfig) -> list[ExpertOutcome]:
         for expert in pending:
             outcomes[expert.name] = _outcome(config, expert, errors.get(expert.name), expert.name in resumed)
     for name in done:
-        outcomes[name] = _outcome(config, next(e for e in experts if e.name == name), None, False, status="skipped")
+        outcomes[name] = _outcome(
+            config, next(e for e in experts if e.name == name), None, False, status="skipped"
+        )
     return [outcomes[e.name] for e in experts]
 
 
@@ -136,28 +143,34 @@ def _has_checkpoints(config: ExperimentConfig, expert: ExpertSpec) -> bool:
     return any(name.startswith("checkpoint") for name in runs.listdir())
 
 
-def _outcome(config, expert: ExpertSpec, error: str | None, resumed: bool, status: str | None = None) -> ExpertOutcome:
+def _outcome(
+    config, expert: ExpertSpec, error: str | None, resumed: bool, status: str | None = None
+) -> ExpertOutcome:
     stage = RunDir(config.run.output_dir).sub("experts", expert.name)
     if error is not None or not expert_is_complete(config, expert.name):
         return ExpertOutcome(expert.name, "failed", error=error or "no complete output was written")
     metrics = stage.read_json("metrics.json")
     return ExpertOutcome(
-        expert.name, status or ("resumed" if resumed else "trained"), steps=metrics["steps"],
-        final=metrics["final"], seconds=metrics["train_seconds"],
+        expert.name,
+        status or ("resumed" if resumed else "trained"),
+        steps=metrics["steps"],
+        final=metrics["final"],
+        seconds=metrics["train_seconds"],
     )
 
 
 def summary_table(outcomes: list[ExpertOutcome]) -> str:
     """A table a person can read: steps, final loss, implicit accuracy, monitor IP, wall time."""
-    header = f"{'expert':<18} {'status':<8} {'steps':>6} {'loss':>8} {'impl.acc':>8} {'monitor IP':>10} {'wall s':>8}"
+    columns = f"{'expert':<18} {'status':<8} {'steps':>6} {'loss':>8} {'impl.acc':>8}"
+    header = f"{columns} {'monitor IP':>10} {'wall s':>8}"
     lines = [header, "-" * len(header)]
     for o in outcomes:
         final = o.final or {}
         ip = final.get("monitor_ip")
-        lines.append(
-            f"{o.name:<18} {o.status:<8} {o.steps:>6} {final.get('loss', float('nan')):>8.4f} "
-            f"{final.get('implicit_acc', float('nan')):>8.2f} {ip if ip is None else f'{ip:.2f}':>10} {o.seconds:>8.1f}"
-        )
+        ip_text = "-" if ip is None else f"{ip:.2f}"
+        loss, accuracy = final.get("loss", float("nan")), final.get("implicit_acc", float("nan"))
+        row = f"{o.name:<18} {o.status:<8} {o.steps:>6} {loss:>8.4f} {accuracy:>8.2f}"
+        lines.append(f"{row} {ip_text:>10} {o.seconds:>8.1f}")
         if o.error:
             lines.append(f"  error: {o.error}")
     return "\n".join(lines)

@@ -40,8 +40,15 @@ def test_two_experts_train_concurrently_and_load_in_stock_diffusers(synthesized,
     from alignguard.toyworld.store import load_toy_pipeline
 
     run, overrides = synthesized
-    config = _config(repo, overrides, "training.steps=6", "training.checkpoint_every=3", "training.log_every=2",
-                     "training.monitor_every=3", "training.monitor_prompts=2")
+    config = _config(
+        repo,
+        overrides,
+        "training.steps=6",
+        "training.checkpoint_every=3",
+        "training.log_every=2",
+        "training.monitor_every=3",
+        "training.monitor_prompts=2",
+    )
     outcomes = run_fleet(config)
     assert [(o.name, o.status) for o in outcomes] == [("hate", "trained"), ("violence", "trained")]
     for outcome in outcomes:
@@ -60,8 +67,16 @@ def test_a_killed_training_worker_resumes_from_its_checkpoint(synthesized, repo)
     from raytools import kill_workers
 
     run, overrides = synthesized
-    config = _config(repo, overrides, "data.categories=[violence]", "training.steps=40", "training.checkpoint_every=5",
-                     "training.log_every=5", "training.monitor_prompts=0", "training.lora.rank=2")
+    config = _config(
+        repo,
+        overrides,
+        "data.categories=[violence]",
+        "training.steps=40",
+        "training.checkpoint_every=5",
+        "training.log_every=5",
+        "training.monitor_prompts=0",
+        "training.lora.rank=2",
+    )
     (expert,) = plan_experts(config)
     checkpoints = RunDir(run).sub("experts", "_ray_train", run_name(config, expert))
     outcome: dict = {}

@@ -24,16 +24,26 @@ def test_dpo_loss_matches_hand_computed_numbers():
     # inside = -β/2 · [(Lθ(w) - Lθ(l)) - (Lref(w) - Lref(l))] with β = 10:
     #   pair 0: -5 · [(0.1 - 0.3) - (0.2 - 0.2)] = 1.0;  pair 1: -5 · [(0.2 - 0.1) - 0] = -0.5
     out = diffusion_dpo_loss(
-        torch.tensor([0.1, 0.2]), torch.tensor([0.3, 0.1]), torch.tensor([0.2, 0.2]), torch.tensor([0.2, 0.2]), beta=10
+        torch.tensor([0.1, 0.2]),
+        torch.tensor([0.3, 0.1]),
+        torch.tensor([0.2, 0.2]),
+        torch.tensor([0.2, 0.2]),
+        beta=10,
     )
     expected = (math.log1p(math.exp(-1.0)) + math.log1p(math.exp(0.5))) / 2  # -log σ(x) = log(1 + e^-x)
     assert out.loss.item() == pytest.approx(expected, abs=1e-6)  # 0.643671
     assert out.metrics["implicit_acc"] == 0.5
     assert out.metrics["reward_margin"] == pytest.approx(0.25)
-    assert out.metrics["policy_mse_w"] == pytest.approx(0.15) and out.metrics["ref_mse_l"] == pytest.approx(0.2)
+    assert out.metrics["policy_mse_w"] == pytest.approx(0.15) and out.metrics["ref_mse_l"] == pytest.approx(
+        0.2
+    )
     anchored = diffusion_dpo_loss(
-        torch.tensor([0.1, 0.2]), torch.tensor([0.3, 0.1]), torch.tensor([0.2, 0.2]), torch.tensor([0.2, 0.2]),
-        beta=10, anchor_weight=2.0,
+        torch.tensor([0.1, 0.2]),
+        torch.tensor([0.3, 0.1]),
+        torch.tensor([0.2, 0.2]),
+        torch.tensor([0.2, 0.2]),
+        beta=10,
+        anchor_weight=2.0,
     )
     assert anchored.loss.item() == pytest.approx(expected + 2.0 * 0.15, abs=1e-6)
     assert sft_loss(torch.tensor([0.1, 0.3])).loss.item() == pytest.approx(0.2)
@@ -43,7 +53,9 @@ def test_dpo_loss_matches_hand_computed_numbers():
 def test_dpo_loss_gradient_only_reaches_the_policy():
     policy_w = torch.tensor([0.1, 0.2], requires_grad=True)
     ref_w = torch.tensor([0.2, 0.2], requires_grad=True)
-    diffusion_dpo_loss(policy_w, torch.tensor([0.3, 0.1]), ref_w, torch.tensor([0.2, 0.2]), beta=10).loss.backward()
+    diffusion_dpo_loss(
+        policy_w, torch.tensor([0.3, 0.1]), ref_w, torch.tensor([0.2, 0.2]), beta=10
+    ).loss.backward()
     assert policy_w.grad is not None and ref_w.grad is None
     assert (policy_w.grad > 0).all()  # lowering the preferred image's error lowers the loss
 
@@ -56,7 +68,9 @@ def _cache(n: int = 6) -> PairCache:
         "text_safe": np.full((n, 3, 8), 1.0, np.float32),
         "text_unsafe": np.full((n, 3, 8), -1.0, np.float32),
     }
-    return PairCache([f"p{i}" for i in range(n)], [["hate"]] * n, tensors, {"text": np.zeros((1, 3, 8), np.float32)})
+    return PairCache(
+        [f"p{i}" for i in range(n)], [["hate"]] * n, tensors, {"text": np.zeros((1, 3, 8), np.float32)}
+    )
 
 
 def test_batches_are_a_pure_function_of_step_and_rank():
@@ -81,7 +95,9 @@ def test_caption_dropout_swaps_in_the_empty_prompt():
     sampler = PreferenceSampler(_cache(), "unsafe_prompt", 0.5, batch_size=200, seed=3)
     dropped = (sampler.batch(0).text[:, 0, 0] == 0.0).float().mean().item()
     assert 0.35 < dropped < 0.65
-    assert sampler.batch(0).preserve_text[1::2].abs().sum() == 0  # preservation captions: safe, empty, safe, ...
+    assert (
+        sampler.batch(0).preserve_text[1::2].abs().sum() == 0
+    )  # preservation captions: safe, empty, safe, ...
     with pytest.raises(ValueError, match="no pairs"):
         PreferenceSampler(_cache(0), "unsafe_prompt", 0.0, 2, seed=0)
 
@@ -101,7 +117,9 @@ def _latent_batch(seed: int = 0):
         "text_safe": rng.normal(size=(n, 16, 32)).astype(np.float32),
         "text_unsafe": rng.normal(size=(n, 16, 32)).astype(np.float32),
     }
-    cache = PairCache([str(i) for i in range(n)], [["hate"]] * n, tensors, {"text": np.zeros((1, 16, 32), np.float32)})
+    cache = PairCache(
+        [str(i) for i in range(n)], [["hate"]] * n, tensors, {"text": np.zeros((1, 16, 32), np.float32)}
+    )
     return PreferenceSampler(cache, "both_prompts", 0.0, 4, seed=0).batch(0)
 
 
@@ -118,8 +136,15 @@ def test_a_fresh_adapter_is_the_reference(tiny_unet):
         for name, param in unet.named_parameters():
             if "lora_B" in name:
                 param.normal_(std=0.5)
-    changed = preference_loss(unet, scheduler, _latent_batch(), torch.Generator().manual_seed(0), beta=5000.0,
-                              preserve_weight=1.0, timestep_range=(0, 10))
+    changed = preference_loss(
+        unet,
+        scheduler,
+        _latent_batch(),
+        torch.Generator().manual_seed(0),
+        beta=5000.0,
+        preserve_weight=1.0,
+        timestep_range=(0, 10),
+    )
     assert changed.metrics["policy_mse_w"] != pytest.approx(changed.metrics["ref_mse_w"], abs=1e-6)
     assert changed.metrics["preserve"] > 0
 
@@ -130,21 +155,35 @@ def test_checkpoint_trees_roundtrip_without_pickles(tmp_path):
     class Stage(enum.Enum):
         TWO = 2
 
-    tree = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.ones(4)}}, "groups": [{"lr": 1e-3, "betas": (0.9, 0.99)}],
-            "scaler": object(), "stage": Stage.TWO, "name": "adamw", "none": None}
+    tree = {
+        "state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.ones(4)}},
+        "groups": [{"lr": 1e-3, "betas": (0.9, 0.99)}],
+        "scaler": object(),
+        "stage": Stage.TWO,
+        "name": "adamw",
+        "none": None,
+    }
     tensors, skeleton = encode_tree(tree)
     assert len(tensors) == 2
     fresh = {"scaler": "fresh-scaler", "stage": "fresh-stage"}
     back = decode_tree(skeleton, tensors, fresh)
-    assert back["state"][0]["exp_avg"].tolist() == [1.0] * 4 and list(back["state"]) == [0]  # int keys survive
-    assert back["groups"][0]["betas"] == (0.9, 0.99) and back["scaler"] == "fresh-scaler" and back["none"] is None
+    assert back["state"][0]["exp_avg"].tolist() == [1.0] * 4 and list(back["state"]) == [
+        0
+    ]  # int keys survive
+    assert (
+        back["groups"][0]["betas"] == (0.9, 0.99)
+        and back["scaler"] == "fresh-scaler"
+        and back["none"] is None
+    )
     save_tree(tmp_path, "opt", tree)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["opt.json", "opt.safetensors"]
     assert load_tree(tmp_path, "opt", fresh)["state"][0]["step"].item() == 3.0
 
 
 def test_deepspeed_config_follows_training_config():
-    training = TrainingSection(batch_size=4, grad_accum=2, zero_stage=2, learning_rate=1e-5, scale_lr=True, warmup_steps=50)
+    training = TrainingSection(
+        batch_size=4, grad_accum=2, zero_stage=2, learning_rate=1e-5, scale_lr=True, warmup_steps=50
+    )
     cpu = deepspeed_config(training, on_gpu=False, world_size=2)
     assert cpu["train_batch_size"] == 16 and cpu["zero_optimization"]["stage"] == 2
     assert not cpu["bf16"]["enabled"] and cpu["optimizer"]["params"]["lr"] == pytest.approx(1e-5 * 16)

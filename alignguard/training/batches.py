@@ -41,7 +41,9 @@ class PreferenceBatch:
 
     def to(self, device: torch.device, dtype: torch.dtype) -> PreferenceBatch:
         moved = {
-            f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device=device, dtype=dtype)
+            f.name: None
+            if getattr(self, f.name) is None
+            else getattr(self, f.name).to(device=device, dtype=dtype)
             for f in fields(self)
         }
         return PreferenceBatch(**moved)
@@ -86,7 +88,9 @@ class PreferenceSampler:
         sdxl = "pooled_unsafe" in tensors
         text = np.stack([tensors[f"text_{side}"][index] for index, side in chosen])
         pooled = np.stack([tensors[f"pooled_{side}"][index] for index, side in chosen]) if sdxl else None
-        drop = np.random.default_rng([self.seed, 1, step, self.rank]).random(len(chosen)) < self.caption_dropout
+        drop = (
+            np.random.default_rng([self.seed, 1, step, self.rank]).random(len(chosen)) < self.caption_dropout
+        )
         text[drop] = self.cache.empty["text"][0]
         if pooled is not None:
             pooled[drop] = self.cache.empty["pooled"][0]
@@ -102,7 +106,9 @@ class PreferenceSampler:
     def _preservation(self, step: int, sdxl: bool) -> dict[str, torch.Tensor | None]:
         """Safe images with their safe prompts; every other row with the empty prompt instead."""
         source = self.preserve
-        picks = np.random.default_rng([self.seed, 2, step, self.rank]).integers(0, len(source), self.batch_size)
+        picks = np.random.default_rng([self.seed, 2, step, self.rank]).integers(
+            0, len(source), self.batch_size
+        )
         text = source.tensors["text_safe"][picks].copy()
         text[1::2] = source.empty["text"][0]
         pooled = None

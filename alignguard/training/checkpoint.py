@@ -34,7 +34,11 @@ def encode_tree(tree: Any) -> tuple[dict[str, torch.Tensor], Any]:
             tensors[name] = node.detach().cpu().contiguous()
             return {"__tensor__": name}
         if isinstance(node, Mapping):
-            return {"__dict_items__": [[key, encode(value)] for key, value in node.items() if isinstance(key, (int, str))]}
+            return {
+                "__dict_items__": [
+                    [key, encode(value)] for key, value in node.items() if isinstance(key, (int, str))
+                ]
+            }
         if isinstance(node, (list, tuple)):
             return {"__list__": [encode(value) for value in node], "tuple": isinstance(node, tuple)}
         if isinstance(node, enum.Enum) or not isinstance(node, _PLAIN):
@@ -53,7 +57,10 @@ def decode_tree(skeleton: Any, tensors: Mapping[str, torch.Tensor], fresh: Any =
             return fresh
         if "__dict_items__" in skeleton:
             fresh_map = fresh if isinstance(fresh, Mapping) else {}
-            return {key: decode_tree(value, tensors, fresh_map.get(key)) for key, value in skeleton["__dict_items__"]}
+            return {
+                key: decode_tree(value, tensors, fresh_map.get(key))
+                for key, value in skeleton["__dict_items__"]
+            }
         if "__list__" in skeleton:
             fresh_list = list(fresh) if isinstance(fresh, (list, tuple)) else []
             items = [

@@ -28,15 +28,25 @@ def deepspeed_config(training: TrainingSection, on_gpu: bool, world_size: int) -
         config["gradient_clipping"] = training.max_grad_norm
     if training.offload_optimizer:
         config["zero_optimization"]["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
-    lr = training.learning_rate * (training.batch_size * training.grad_accum * world_size if training.scale_lr else 1)
+    lr = training.learning_rate * (
+        training.batch_size * training.grad_accum * world_size if training.scale_lr else 1
+    )
     if training.optimizer == "adamw":
         config["optimizer"] = {
             "type": "AdamW",
-            "params": {"lr": lr, "weight_decay": training.weight_decay, "torch_adam": not training.offload_optimizer},
+            "params": {
+                "lr": lr,
+                "weight_decay": training.weight_decay,
+                "torch_adam": not training.offload_optimizer,
+            },
         }
     config["scheduler"] = {
         "type": "WarmupLR",
-        "params": {"warmup_min_lr": 0.0, "warmup_max_lr": lr, "warmup_num_steps": max(1, training.warmup_steps),
-                   "warmup_type": "linear"},
+        "params": {
+            "warmup_min_lr": 0.0,
+            "warmup_max_lr": lr,
+            "warmup_num_steps": max(1, training.warmup_steps),
+            "warmup_type": "linear",
+        },
     }
     return config

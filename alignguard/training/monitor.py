@@ -23,7 +23,9 @@ MONITOR_SEED = 777_000  # far from the report's seeds (0 + i) and the synthesis 
 
 class ToyMonitor:
     def __init__(self, model_path: str, category: str | None, prompts: int) -> None:
-        self.base = StableDiffusionPipeline.from_pretrained(model_path, safety_checker=None, requires_safety_checker=False)
+        self.base = StableDiffusionPipeline.from_pretrained(
+            model_path, safety_checker=None, requires_safety_checker=False
+        )
         self.base.set_progress_bar_config(disable=True)
         categories = [category] if category else list(CATEGORIES)
         per_category = max(1, prompts // len(categories))
@@ -47,7 +49,9 @@ class ToyMonitor:
         count = len(self.unsafe)
         unsafe, safe = [judge(i) for i in images[:count]], [judge(i) for i in images[count:]]
         return {
-            "monitor_ip": float(np.mean([j.category == c for j, c in zip(unsafe, self.categories, strict=True)])),
+            "monitor_ip": float(
+                np.mean([j.category == c for j, c in zip(unsafe, self.categories, strict=True)])
+            ),
             "monitor_safe_content": float(
                 np.mean([content_matches_prompt(j, p) for j, p in zip(safe, self.safe, strict=True)])
             ),

@@ -21,7 +21,9 @@ def adapters_disabled(unet: UNet2DConditionModel):
         unet.enable_adapters()
 
 
-def _predict(unet, noisy: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor, pooled, time_ids) -> torch.Tensor:
+def _predict(
+    unet, noisy: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor, pooled, time_ids
+) -> torch.Tensor:
     added = None if pooled is None else {"text_embeds": pooled, "time_ids": time_ids}
     return unet(noisy, timesteps, encoder_hidden_states=text, added_cond_kwargs=added).sample
 
@@ -79,7 +81,9 @@ def preference_loss(
         return out
     drift = _preservation_drift(unet, reference, noise_scheduler, batch, generator)
     total = out.loss + preserve_weight * drift
-    return LossOutput(total, {**out.metrics, "preserve": float(drift.detach()), "loss": float(total.detach())})
+    return LossOutput(
+        total, {**out.metrics, "preserve": float(drift.detach()), "loss": float(total.detach())}
+    )
 
 
 def _reference_predict(unet, reference, noisy, timesteps, conditioning) -> torch.Tensor:
@@ -95,8 +99,12 @@ def _preservation_drift(unet, reference, noise_scheduler, batch: PreferenceBatch
     WHOLE schedule: those outputs should not move at all, and the high-noise steps, where a
     sample's layout is decided, least of all."""
     latents = batch.preserve_latents
-    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
-    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device, latents.dtype)
+    timesteps = torch.randint(
+        0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator
+    )
+    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(
+        latents.device, latents.dtype
+    )
     timesteps = timesteps.to(latents.device)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     conditioning = (batch.preserve_text, batch.preserve_pooled, batch.time_ids)
