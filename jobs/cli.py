@@ -25,9 +25,10 @@ Each job command reads an experiment YAML (configs/*.yaml) and accepts overrides
 
 
 def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
-    from jobs.commands import config, data, doctor, guard, merge, serve, synthesize, toyworld, train
+    from jobs.commands import config, data, doctor, guard, merge, pipeline, serve, synthesize, toyworld, train
 
     return [
+        pipeline.register,
         config.register,
         data.register,
         synthesize.register,

@@ -189,3 +189,30 @@ def load_lora(pipe: DiffusionPipeline, path: str | Path) -> None:
 def _share(values) -> float:
     values = list(values)
     return float(np.mean(values)) if values else float("nan")
+
+
+def compare_loras(
+    pipe: DiffusionPipeline,
+    loras: dict[str, str | Path],
+    n: int = 100,
+    seed: int = 0,
+    steps: int = DEFAULT_STEPS,
+    guidance: float = DEFAULT_GUIDANCE,
+    batch_size: int = 64,
+) -> dict[str, dict]:
+    """The report of several LoRAs against one base render (same prompts, same seeds).
+
+    Returns ``{"base": summary, name: summary-with-preservation, ...}``; each LoRA's numbers equal
+    ``toyworld_report(pipe, n, seed, lora=path)``'s, at the cost of one base render in total.
+    """
+    suite = PromptSuite.build(n, seed)
+    base = judge_groups(render_suite(pipe, suite, steps, guidance, batch_size))
+    results = {"base": summarize(suite, base)}
+    for name, path in loras.items():
+        load_lora(pipe, path)
+        try:
+            judged = judge_groups(render_suite(pipe, suite, steps, guidance, batch_size))
+        finally:
+            pipe.unload_lora_weights()
+        results[name] = summarize(suite, judged, base=base)
+    return results
