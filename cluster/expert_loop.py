@@ -44,6 +44,7 @@ def train_loop(loop_config: dict) -> None:
 
     from alignguard.config.schema import ExperimentConfig
 
+    _quiet_libraries()
     config = ExperimentConfig.model_validate_json(loop_config["config"])
     expert = ExpertSpec(**loop_config["expert"])
     context = ray.train.get_context()
@@ -55,8 +56,9 @@ def train_loop(loop_config: dict) -> None:
     monitor = _monitor(config, expert) if rank == 0 else None
     started = time.perf_counter()
     for step in range(start_step, expert.steps):
+        step_start = time.perf_counter()
         metrics = _train_step(state, sampler, config, step, rank, device)
-        metrics["step"] = step + 1
+        metrics["step"], metrics["step_seconds"] = step + 1, time.perf_counter() - step_start
         if monitor is not None and (
             (step + 1) % config.training.monitor_every == 0 or step + 1 == expert.steps
         ):
@@ -65,6 +67,15 @@ def train_loop(loop_config: dict) -> None:
         _maybe_report(state, config, expert, step + 1, metrics, history, rank)
     if rank == 0:
         _publish(state, config, expert, history, time.perf_counter() - started)
+
+
+def _quiet_libraries() -> None:
+    """No download/loading progress bars in worker logs (they interleave across workers)."""
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
 
 
 @dataclass
