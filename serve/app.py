@@ -111,13 +111,18 @@ def http_options(config: ExperimentConfig, port: int | None = None) -> dict[str,
 def build_application(
     config: ExperimentConfig, prompt_guard: Any = None, image_guard: Any = None, forward_api_key: bool = False
 ):
-    """The bound application; guards are bound deployments (``Guard.bind(...)``) or None.
+    """The bound application; guards are bound deployments (``Guard.bind(...)``) or None — with
+    ``guard.enabled`` the project's prompt and output guards are bound here.
 
     ``forward_api_key``: copy ``$<serve.api_key_env>`` from this process into the ingress's
     environment (local runs); on a cluster, set it in the nodes' environment instead."""
     from serve.generator import Generator
     from serve.ingress import Ingress
 
+    if prompt_guard is None and image_guard is None and config.guard.enabled:
+        from serve.guard_deployments import bind_guards
+
+        prompt_guard, image_guard = bind_guards(config)
     env = {}
     name = config.serve.api_key_env
     if forward_api_key and name and os.environ.get(name):

@@ -41,10 +41,15 @@ class GuardUnavailable(RuntimeError):
 class Guards:
     """The optional guard handles of an ingress replica; absent guards allow everything."""
 
-    def __init__(self, prompt: Any = None, image: Any = None, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, prompt: Any = None, image: Any = None, timeout_s: float = 30.0, policy_aware: bool = False
+    ) -> None:
         self.prompt = prompt
         self.image = image
         self.timeout_s = timeout_s
+        # The project's guard deployments (serve/guard_deployments.py) also route by adapter and
+        # blur through ``apply``; other guards only allow or refuse.
+        self.policy_aware = policy_aware
 
     @property
     def names(self) -> dict[str, bool]:
@@ -66,6 +71,12 @@ class Guards:
                 f"the image guard returned {len(verdicts)} verdicts for {len(images)} images"
             )
         return verdicts
+
+    async def apply_images(self, images: np.ndarray, decision: dict | None) -> dict | None:
+        """The policy-aware output guard: images as they may be shown, verdicts and a report."""
+        if self.image is None:
+            return None
+        return await self._call(self.image.apply.remote(images, decision), "image")
 
     async def _call(self, response: Any, which: str) -> Any:
         try:

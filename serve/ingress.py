@@ -39,7 +39,9 @@ class Ingress:
     def __init__(self, generator, config: dict, prompt_guard=None, image_guard=None) -> None:
         cfg = ExperimentConfig.model_validate(config)
         catalog = AdapterCatalog.discover(cfg.run.output_dir, cfg.serve)
-        guards = Guards(prompt_guard, image_guard, timeout_s=cfg.serve.request_timeout_s)
+        guards = Guards(
+            prompt_guard, image_guard, cfg.serve.request_timeout_s, policy_aware=cfg.guard.enabled
+        )
         self.service = Service(generator, cfg, catalog, load_tokenizer(cfg.model), guards)
         self.service.api_key = api_key_from_env(cfg.serve.api_key_env)
         if catalog.base_only:

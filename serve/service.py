@@ -15,8 +15,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from alignguard.config.schema import ExperimentConfig, ModelSection
-from serve.adapters import AdapterCatalog, AdapterError, AdapterPlan
+from serve.adapters import NONE, AdapterCatalog, AdapterError, AdapterPlan
 from serve.encoding import encode_images
 from serve.engine import Job, JobResult
 from serve.guards import Guards, GuardUnavailable, Verdict
@@ -150,29 +152,21 @@ class Service:
         guard_start = time.perf_counter()
         prompt_verdict = await self._guarded(self.guards.check_prompt(job.prompt, request.negative_prompt))
         if prompt_verdict is not None and not prompt_verdict.allowed:
-            raise ServiceError(
-                400,
-                "prompt_refused",
-                prompt_verdict.reason or "the prompt guard refused this prompt",
-                detail=prompt_verdict.model_dump(),
-            )
+            self._refuse(prompt_verdict)
+        plan = self.route(plan, prompt_verdict)
+        job = dataclasses.replace(job, adapter=plan.name)
         guard_s = time.perf_counter() - guard_start
         result = await self._remote_generate(job, plan, deadline)
         guard_start = time.perf_counter()
-        verdicts = await self._guarded(self.guards.check_images(result.images, job.prompt))
+        shown, verdicts, report = await self._check_outputs(result.images, job.prompt, prompt_verdict)
         guard_s += time.perf_counter() - guard_start
-        verdicts = verdicts or [None] * len(result.images)
         encode_start = time.perf_counter()
-        encoded = await asyncio.to_thread(
-            encode_images, result.images, request.format, self.serve.image_quality
-        )
-        images = [
-            None if v is not None and not v.allowed else data
-            for v, data in zip(verdicts, encoded, strict=True)
-        ]
+        images = await asyncio.to_thread(self._encode_shown, shown, verdicts, request.format)
         encode_s = time.perf_counter() - encode_start
         total_s = time.perf_counter() - start
         metadata = self._metadata(request, job, plan, result, prompt_verdict)
+        if report is not None:
+            metadata["guard"] = report
         metadata["timings"] = {
             "total_s": round(total_s, 4),
             "queue_s": round(max(0.0, total_s - result.generate_s - encode_s - guard_s), 4),
@@ -202,6 +196,49 @@ class Service:
             "height": job.height,
             "prompt_verdict": verdict.model_dump() if verdict is not None else None,
         }
+
+    def _refuse(self, verdict: Verdict) -> None:
+        """A refused prompt: 400 with the reason and scores (never the prompt); 403 when a request
+        tried to relax the operator's guard policy beyond what it allows."""
+        extra = verdict.model_extra or {}
+        if extra.get("error") == "override_not_allowed":
+            raise ServiceError(403, "override_not_allowed", verdict.reason or "guard override not allowed")
+        reason = verdict.reason or "the prompt guard refused this prompt"
+        raise ServiceError(400, "prompt_refused", reason, detail=verdict.model_dump())
+
+    def route(self, plan: AdapterPlan, verdict: Verdict | None) -> AdapterPlan:
+        """The adapter the guard policy asks for: ``base`` (an ``allow``ed category: the operator's
+        policy, so the client-facing ``allow_no_adapter`` switch does not apply) or ``aligned``
+        (an unaligned request is moved to the default, aligned adapter)."""
+        wanted = (verdict.model_extra or {}).get("adapter") if verdict is not None else None
+        if wanted == "base":
+            return self.catalog.resolve(NONE, explicit=False)
+        if wanted == "aligned" and plan.is_none:
+            return self.catalog.default
+        return plan
+
+    async def _check_outputs(self, images: np.ndarray, prompt: str, verdict: Verdict | None):
+        """(images to show — blurred or None where the policy says — verdicts, guard report)."""
+        decision = (verdict.model_extra or {}).get("decision") if verdict is not None else None
+        if self.guards.policy_aware:
+            applied = await self._guarded(self.guards.apply_images(images, decision))
+            if applied is not None:
+                verdicts = [Verdict.model_validate(v) for v in applied["outputs"]]
+                return applied["images"], verdicts, applied.get("report")
+        verdicts = await self._guarded(self.guards.check_images(images, prompt))
+        verdicts = verdicts or [None] * len(images)
+        shown = [
+            None if v is not None and not v.allowed else image
+            for v, image in zip(verdicts, images, strict=True)
+        ]
+        return shown, verdicts, None
+
+    def _encode_shown(self, shown: list, verdicts: list, image_format: str) -> list:
+        present = [np.asarray(image, dtype=np.uint8) for image in shown if image is not None]
+        encoded = iter(
+            encode_images(np.stack(present), image_format, self.serve.image_quality) if present else []
+        )
+        return [None if image is None else next(encoded) for image in shown]
 
     async def _guarded(self, call):
         try:

@@ -42,6 +42,7 @@ def guard_handles(ray_cluster, repo):
     cfg = load_config(
         repo / "configs/toy.yaml",
         [
+            "guard.enabled=true",
             "guard.policy.sexual.action=block",
             "guard.policy.violence.action=blur",
             "guard.policy.harassment.action=allow",

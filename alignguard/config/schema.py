@@ -435,7 +435,9 @@ class GuardOutputSection(Section):
 class GuardSection(Section):
     """Defence in depth around the aligned model: a prompt guard, the model, an output guard."""
 
-    enabled: bool = True
+    enabled: bool = Field(
+        False, description="serve with the prompt and output guards (configs/toy-guarded.yaml)"
+    )
     head_path: str | None = Field(None, description="prompt-guard head (.safetensors); null = shipped")
     unsafe_threshold: Probability | None = Field(
         None, description="prompt-guard 'unsafe' score at which a prompt is flagged; null = calibrated"
