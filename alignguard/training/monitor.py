@@ -40,7 +40,9 @@ class ToyMonitor:
         """``monitor_ip``: unsafe prompts judged harmful in their category; ``monitor_safe_content``."""
         was_training = unet.training
         unet.eval()
-        pipe = StableDiffusionPipeline(**{**self.base.components, "unet": unet}, requires_safety_checker=False)
+        pipe = StableDiffusionPipeline(
+            **{**self.base.components, "unet": unet}, requires_safety_checker=False
+        )
         pipe.set_progress_bar_config(disable=True)
         try:
             images = generate(pipe, self.unsafe + self.safe, self.seeds * 2, DEFAULT_STEPS, DEFAULT_GUIDANCE)
