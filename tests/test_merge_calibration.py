@@ -100,7 +100,9 @@ def test_toyworld_provider_encodes_ground_truth_scenes_of_every_category(repo, t
     assert source == "toyworld" and provider is toyworld_provider
     pipe = load_toy_pipeline()
     data = provider(config, pipe, RunDir(tmp_path))
-    assert len(data) == 2 * 2 * len(config.data.categories)
+    benign = config.merge.calibration.benign_prompts
+    assert benign > 0 and len(data) == 2 * 2 * len(config.data.categories) + benign + 1
+    assert data.prompts[-1] == ""  # the unconditional branch's input is part of the set
     assert data.latents.shape == (len(data), 4, 8, 8) and data.encoder_hidden_states.shape[-1] == 64
     assert data.prompts[0] != data.prompts[1]  # an unsafe prompt, then its safe twin
     # The latents are the VAE's, scaled: decoding them gives back the scene (shape and colour).
@@ -122,3 +124,28 @@ def test_non_toy_models_need_a_calibration_source(repo, tmp_path):
     config = load_config(repo / "configs/toy.yaml", ["merge.calibration.source=synthesis"])
     with pytest.raises(CalibrationUnavailable, match="'synthesis': no provider"):
         select_provider(config, RunDir(tmp_path))
+
+
+def test_routed_statistics_are_the_exact_moments_of_the_routed_tokens(tiny):
+    from alignguard.merge import collect_routed_stats
+
+    pipe, experts, data = tiny
+    stats = collect_routed_stats(pipe.unet, experts, data, timesteps_per_sample=2, seed=0, threshold=0.5)
+    # Cross-attention keys read the text embeddings (twice: two timesteps): moments known exactly.
+    text = data.encoder_hidden_states.reshape(-1, 32).double()
+    deltas = torch.stack([e.layers[CROSS_K].delta() for e in experts.values()]).double()
+    activation = torch.einsum("noi,ti->nto", deltas, text).norm(dim=-1)
+    torch.testing.assert_close(stats.peaks[CROSS_K], activation.amax(dim=1).float(), rtol=1e-4, atol=1e-5)
+    best, winner = activation.max(dim=0)
+    routed = best >= 0.5 * activation.amax(dim=1)[winner]
+    chosen = torch.stack([deltas[w] @ x for w, x in zip(winner.tolist(), text, strict=True)])
+    chosen = chosen * routed[:, None]
+    layer = stats.layers[CROSS_K]
+    torch.testing.assert_close(layer.gram, 2 * text.T @ text, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(layer.cross, 2 * chosen.T @ text, rtol=1e-4, atol=1e-4)
+    assert layer.routed.tolist() == (2 * torch.bincount(winner[routed], minlength=2)).tolist()
+    assert 0 < layer.unrouted_fraction < 1 and layer.tokens == 2 * text.shape[0]
+    everything = collect_routed_stats(pipe.unet, experts, data, timesteps_per_sample=2, seed=0, threshold=0.0)
+    assert everything.layers[CROSS_K].unrouted_fraction == 0.0
+    with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\)"):
+        collect_routed_stats(pipe.unet, experts, data, timesteps_per_sample=1, seed=0, threshold=1.0)

@@ -219,3 +219,95 @@ def test_row_blocks_give_the_whole_matrix_result(strategy, monkeypatch):
     else:
         whole = dense_merge(stack, strategy, 0.3)
     torch.testing.assert_close(blocked, whole, atol=0, rtol=0)
+
+
+def _routed_moments(experts: dict[str, LoraFile], name: str, tokens: torch.Tensor, threshold: float):
+    """G, C and routed counts of ``tokens [T, in]`` computed directly (independently of the hooks)."""
+    from alignguard.merge.calibration import RoutedLayer
+
+    deltas = torch.stack([e.layers[name].delta() for e in experts.values()]).double()
+    x = tokens.double()
+    activation = torch.einsum("noi,ti->nto", deltas, x).norm(dim=-1)  # [n, T]
+    peaks = activation.amax(dim=1)
+    cross = torch.zeros_like(deltas[0])
+    routed = torch.zeros(len(experts), dtype=torch.long)
+    for t in range(x.shape[0]):
+        winner = int(activation[:, t].argmax())
+        if activation[winner, t] >= threshold * peaks[winner]:
+            cross += torch.outer(deltas[winner] @ x[t], x[t])
+            routed[winner] += 1
+    return peaks, RoutedLayer(gram=x.T @ x, cross=cross, routed=routed, tokens=x.shape[0])
+
+
+def _experts_on_separate_directions() -> tuple[dict[str, LoraFile], dict[str, torch.Tensor]]:
+    """Two rank-2 experts on a 16-wide layer, each reading its own 4 input directions of a random
+    orthonormal basis (as concept words do: separate directions, yet no weight entry is one
+    expert's alone), tokens of each one's 'concept', and benign tokens on the remaining 8
+    directions that neither reads."""
+    g = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(16, 16, generator=g))[0]
+    experts, tokens = {}, {}
+    for i in range(2):
+        directions = basis[:, 4 * i : 4 * i + 4]  # [16, 4]
+        down = torch.randn(2, 4, generator=g) @ directions.T
+        layer = LoraLayer(down=down, up=torch.randn(12, 2, generator=g), scale=1.0)
+        experts[f"e{i}"] = LoraFile(layers={"blocks.0.proj": layer}, metadata={})
+        concept = torch.randn(40, 4, generator=g) @ directions.T
+        tokens[f"e{i}"] = concept + 0.01 * torch.randn(40, 16, generator=g)
+    tokens["benign"] = torch.randn(80, 8, generator=g) @ basis[:, 8:].T
+    return experts, tokens
+
+
+def test_co_merge_token_keeps_each_expert_exact_on_its_own_tokens_where_element_wise_does_not():
+    from alignguard.merge.calibration import RoutedStats
+
+    experts, tokens = _experts_on_separate_directions()
+    name = "blocks.0.proj"
+    peaks, layer = _routed_moments(experts, name, torch.cat(list(tokens.values())), threshold=0.05)
+    stats = RoutedStats(list(experts), 0.05, {name: peaks.float()}, {name: layer})
+    merged = merge_experts(experts, MergeOptions(granularity="token", ridge=1e-6), stats)
+    delta = _product(merged.factors[name])
+    for i, expert in enumerate(experts.values()):
+        own = tokens[f"e{i}"]
+        error = (own @ delta.T - own @ expert.layers[name].delta().T).norm() / (own @ delta.T).norm()
+        assert error < 0.02  # each expert's effect on its own concept survives the merge
+    assert (tokens["benign"] @ delta.T).norm() / tokens["benign"].norm() < 1e-3  # and nothing else
+    assert layer.routed.tolist() == [40, 40] or min(layer.routed.tolist()) >= 38
+    assert merged.diagnostics[0].winner_share == pytest.approx(layer.routed_share)
+
+    # Element-wise Co-Merge on the same pair keeps entries, not effects: one expert loses its own.
+    inputs = torch.cat(list(tokens.values())).abs().mean(dim=0)
+    element_stats = ActivationStats(
+        list(experts), {name: inputs.repeat(2, 1)}, {name: torch.ones(2, 12)}, {e: 1 for e in experts}
+    )
+    element = _product(
+        merge_experts(experts, MergeOptions(granularity="element"), element_stats).factors[name]
+    )
+    errors = [
+        float(
+            (tokens[f"e{i}"] @ (element - e.layers[name].delta()).T).norm()
+            / (tokens[f"e{i}"] @ element.T).norm()
+        )
+        for i, e in enumerate(experts.values())
+    ]
+    assert max(errors) > 0.1
+
+
+def test_co_merge_token_of_one_expert_is_the_identity_and_needs_routed_statistics():
+    experts = _experts(1)
+    from alignguard.merge.calibration import RoutedStats
+
+    g = torch.Generator().manual_seed(3)
+    peaks, layers = {}, {}
+    for name, layer in experts["e0"].layers.items():
+        peaks[name], layers[name] = _routed_moments(
+            experts, name, torch.randn(200, layer.shape[1], generator=g), 0.0
+        )
+    stats = RoutedStats(["e0"], 0.0, peaks, layers)
+    result = merge_experts(experts, MergeOptions(granularity="token", ridge=1e-9), stats)
+    for name, layer in experts["e0"].layers.items():
+        torch.testing.assert_close(_product(result.factors[name]), layer.delta(), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="token-wise co_merge needs routed calibration statistics"):
+        merge_experts(experts, MergeOptions(granularity="token"), _stats(experts))
+    with pytest.raises(ValueError, match="ridge must be > 0"):
+        MergeOptions(granularity="token", ridge=0)

@@ -92,7 +92,7 @@ def test_merge_job_end_to_end_on_ray_then_the_toy_report_loads_the_merged_lora(
     assert adapted_modules > 0
     assert main(["merge", "--config", str(repo / SMOKE), f"run.output_dir={tmp_path}"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["skipped"] is False and summary["label"] == "co_merge_element"
+    assert summary["skipped"] is False and summary["label"] == "co_merge_token"
     assert summary["experts"] == list(config.data.categories)
     assert summary["energy_kept"] == pytest.approx(1.0, abs=1e-5)  # merge.rank null: exact
 
@@ -102,7 +102,7 @@ def test_merge_job_end_to_end_on_ray_then_the_toy_report_loads_the_merged_lora(
     pngs = {"winner_share.png", "sign_conflict.png", "delta_norms.png", "svd_energy.png"}
     assert pngs <= {p.name for p in merged.iterdir()}
     report = json.loads((merged / "merge_report.json").read_text())
-    assert report["calibration"]["source"] == "toyworld" and report["calibration"]["prompts"] == 56
+    assert report["calibration"]["source"] == "toyworld" and report["calibration"]["prompts"] == 56 + 4 + 1
     assert len(report["layers"]) == adapted_modules and sum(
         report["summary"]["mean_winner_share"].values()
     ) == pytest.approx(1)

@@ -175,6 +175,9 @@ class CalibrationSection(Section):
     """Co-Merge's calibration set: prompts of every category, noised latents at sampled timesteps."""
 
     prompts_per_category: PositiveInt = 16
+    benign_prompts: NonNegativeInt = Field(
+        32, description="benign prompts added to the set (plus the empty prompt, CFG's unconditional input)"
+    )
     timesteps: PositiveInt = Field(4, description="noise levels sampled per calibration sample")
     seed: NonNegativeInt = 0
     source: Literal["auto", "toyworld", "synthesis"] = Field(
@@ -186,6 +189,7 @@ class CalibrationSection(Section):
 MergeBaseline = Literal[
     "co_merge_element",
     "co_merge_row",
+    "co_merge_token",
     "linear",
     "task_arithmetic",
     "ties",
@@ -209,7 +213,17 @@ class MergeSection(Section):
         "magnitude_prune",
         "concat",
     ] = "co_merge"
-    granularity: Literal["element", "row"] = "element"
+    granularity: Literal["element", "row", "token"] = Field(
+        "token",
+        description="co_merge: winner per input token (least-squares fit), weight entry, or output row",
+    )
+    threshold: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.4,
+        description="token-wise co_merge: a token goes to its most active expert only at ≥ this × its peak",
+    )
+    ridge: PositiveFloat = Field(
+        1e-3, description="token-wise co_merge: ridge of the least-squares fit, × tr(G)/d"
+    )
     rank: PositiveInt | None = Field(None, description="SVD rank of the merged LoRA; null keeps it exact")
     density: Annotated[float, Field(gt=0, le=1)] = 0.5
     calibration: CalibrationSection = CalibrationSection()

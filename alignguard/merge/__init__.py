@@ -11,7 +11,10 @@ from alignguard.merge.calibration import (
     ActivationStats,
     CalibrationData,
     LayerMismatchError,
+    RoutedLayer,
+    RoutedStats,
     collect_activation_stats,
+    collect_routed_stats,
 )
 from alignguard.merge.engine import (
     MergedDelta,
@@ -39,7 +42,10 @@ __all__ = [
     "MergeOptions",
     "MergeResult",
     "MergedDelta",
+    "RoutedLayer",
+    "RoutedStats",
     "collect_activation_stats",
+    "collect_routed_stats",
     "concat_factors",
     "factorize",
     "lora_file_bytes",

@@ -10,13 +10,21 @@ For expert i, the *base* UNet runs with forward hooks on the LoRA'd linear layer
 s_i·B_i·A_i·x to each output (exactly what peft's unmerged LoRA computes) and record, per
 layer, Σ|x_j| over tokens (element-wise Co-Merge needs only mean|x_j|, since
 mean|ΔW[o, j]·x_j| = |ΔW[o, j]|·mean|x_j|) and Σ|(ΔW_i x)_o| (the row-wise score). Only the
-conditional branch is run: the prompts carry what the experts were trained to change.
+conditional branch is run: the prompts carry what the experts were trained to change (the
+calibration set includes the empty prompt, which is what the unconditional branch sees).
+
+Token-wise Co-Merge (:func:`collect_routed_stats`) needs second moments instead: two passes in
+which every expert's update is computed on the same tokens. Pass 1 (base UNet, nothing added)
+records each expert's peak activation max_x ‖ΔW_i x‖ per layer; pass 2 routes every token to its
+most active expert when that expert's activation reaches ``threshold`` × its peak, adds that
+expert's output (the routed model) and accumulates G = Σ x xᵀ and C = Σ (ΔW_w(x) x) xᵀ per
+layer, from which :func:`alignguard.merge.comerge.routed_least_squares` solves the merged ΔW.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -85,6 +93,48 @@ class ActivationStats:
         """Flat name → tensor map (for a safetensors file next to the merge report)."""
         flat = {f"input_abs_mean/{k}": v for k, v in self.input_abs_mean.items()}
         flat.update({f"output_abs_mean/{k}": v for k, v in self.output_abs_mean.items()})
+        return flat
+
+
+@dataclass
+class RoutedLayer:
+    """Second moments of one layer's tokens in the routed pass (float64).
+
+    ``gram [in, in]`` = Σ x xᵀ over all tokens, ``cross [out, in]`` = Σ (ΔW_w(x) x) xᵀ over
+    routed tokens, ``routed [n]`` tokens routed to each expert, ``tokens`` all tokens."""
+
+    gram: torch.Tensor
+    cross: torch.Tensor
+    routed: torch.Tensor
+    tokens: int = 0
+
+    @property
+    def routed_share(self) -> list[float]:
+        """Share of the routed tokens each expert won (all zeros when none was routed)."""
+        total = float(self.routed.sum())
+        return [float(c) / total if total else 0.0 for c in self.routed]
+
+    @property
+    def unrouted_fraction(self) -> float:
+        return 1.0 - float(self.routed.sum()) / max(self.tokens, 1)
+
+
+@dataclass(frozen=True)
+class RoutedStats:
+    """Token-wise Co-Merge statistics: per layer, each expert's peak activation ``[n]`` and the
+    routed pass's :class:`RoutedLayer`."""
+
+    experts: list[str]
+    threshold: float
+    peaks: dict[str, torch.Tensor]
+    layers: dict[str, RoutedLayer]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        flat = {f"peak/{k}": v for k, v in self.peaks.items()}
+        for name, layer in self.layers.items():
+            flat[f"gram/{name}"] = layer.gram
+            flat[f"cross/{name}"] = layer.cross
+            flat[f"routed/{name}"] = layer.routed
         return flat
 
 
@@ -218,3 +268,128 @@ def _layer_shapes(experts: Iterable[LoraFile]) -> dict[str, tuple[int, int]]:
             if shapes.setdefault(name, layer.shape) != layer.shape:
                 raise ValueError(f"experts disagree on the shape of {name}: {shapes[name]} vs {layer.shape}")
     return shapes
+
+
+def _stacked_factors(experts: Sequence[LoraFile], name: str, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``downs [n, r, in]`` and scaled ``ups [n, out, r]`` (zero-padded to the largest rank;
+    zeros for an expert without the layer) so all experts' outputs are two batched matmuls."""
+    layers = [expert.layers.get(name) for expert in experts]
+    present = [layer for layer in layers if layer is not None]
+    out, inp = present[0].shape
+    rank = max(layer.rank for layer in present)
+    downs = torch.zeros(len(layers), rank, inp, device=device)
+    ups = torch.zeros(len(layers), out, rank, device=device)
+    for i, layer in enumerate(layers):
+        if layer is not None:
+            downs[i, : layer.rank] = layer.down.to(device, torch.float32)
+            ups[i, :, : layer.rank] = layer.up.to(device, torch.float32) * layer.scale
+    return downs, ups
+
+
+def _expert_outputs(x: torch.Tensor, downs: torch.Tensor, ups: torch.Tensor) -> torch.Tensor:
+    """ΔW_i x for every expert: ``[n, tokens, out]`` from ``x [tokens, in]``."""
+    return torch.matmul(torch.matmul(x.unsqueeze(0), downs.transpose(1, 2)), ups.transpose(1, 2))
+
+
+def _peak_hook(downs, ups, peak: torch.Tensor) -> Callable:
+    def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        x = args[0].detach().to(torch.float32).reshape(-1, downs.shape[2])
+        torch.maximum(peak, _expert_outputs(x, downs, ups).norm(dim=-1).amax(dim=1), out=peak)
+
+    return hook
+
+
+def _routed_hook(downs, ups, floor: torch.Tensor, layer: RoutedLayer) -> Callable:
+    def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        x = args[0].detach().to(torch.float32).reshape(-1, downs.shape[2])
+        outputs = _expert_outputs(x, downs, ups)  # [n, T, out]
+        activation = outputs.norm(dim=-1)  # [n, T]
+        best, winner = activation.max(dim=0)
+        routed = best >= floor[winner]
+        chosen = outputs.gather(0, winner[None, :, None].expand(1, -1, outputs.shape[2]))[0]
+        chosen = chosen * routed[:, None]
+        x64 = x.double()
+        layer.gram += x64.T @ x64
+        layer.cross += chosen.double().T @ x64
+        layer.routed += torch.bincount(winner[routed], minlength=len(floor)).to(layer.routed)
+        layer.tokens += x.shape[0]
+        return output + chosen.reshape(output.shape).to(output.dtype)
+
+    return hook
+
+
+@torch.no_grad()
+def _run_with_hooks(
+    unet: torch.nn.Module,
+    hooks: Mapping[str, Callable],
+    data: CalibrationData,
+    inputs: NoisedInputs,
+    batch_size: int,
+    on_batch: Callable[[int], None] | None,
+) -> None:
+    handles = [unet.get_submodule(name).register_forward_hook(hook) for name, hook in hooks.items()]
+    device, dtype = unet.device, unet.dtype
+    try:
+        for start in range(0, len(inputs.timesteps), batch_size):
+            rows = inputs.source[start : start + batch_size]
+            added = {k: v[rows].to(device, dtype) for k, v in (data.added_cond_kwargs or {}).items()}
+            unet(
+                inputs.noisy[start : start + batch_size].to(device, dtype),
+                inputs.timesteps[start : start + batch_size].to(device),
+                encoder_hidden_states=data.encoder_hidden_states[rows].to(device, dtype),
+                added_cond_kwargs=added or None,
+            )
+            if on_batch is not None:
+                on_batch(len(rows))
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def collect_routed_stats(
+    unet: torch.nn.Module,
+    experts: Mapping[str, LoraFile],
+    data: CalibrationData,
+    timesteps_per_sample: int,
+    seed: int,
+    threshold: float,
+    batch_size: int = 32,
+    scheduler_config: Mapping | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> RoutedStats:
+    """Token-wise Co-Merge statistics in two passes over the same noised inputs (see the module
+    docstring); ``on_batch`` is called per batch of both passes."""
+    if len(data) == 0:
+        raise ValueError("the calibration set is empty")
+    if not 0 <= threshold < 1:
+        raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+    scheduler = DDPMScheduler.from_config(dict(scheduler_config)) if scheduler_config else DDPMScheduler()
+    inputs = noise_inputs(data, timesteps_per_sample, seed, scheduler)
+    files = list(experts.values())
+    shapes = _layer_shapes(files)
+    device = unet.device
+    factors = {}
+    for name in sorted(shapes):
+        _check_layer(unet, name, next(f.layers[name] for f in files if name in f.layers))
+        factors[name] = _stacked_factors(files, name, device)
+    peaks = {name: torch.zeros(len(files), device=device) for name in factors}
+    hooks = {name: _peak_hook(*factors[name], peaks[name]) for name in factors}
+    _run_with_hooks(unet, hooks, data, inputs, batch_size, on_batch)
+    layers = {
+        name: RoutedLayer(
+            gram=torch.zeros(shapes[name][1], shapes[name][1], dtype=torch.float64, device=device),
+            cross=torch.zeros(shapes[name], dtype=torch.float64, device=device),
+            routed=torch.zeros(len(files), dtype=torch.long, device=device),
+        )
+        for name in factors
+    }
+    # An expert with a zero peak (no update on this layer) must never win: its floor is +inf.
+    floors = {
+        name: torch.where(peak > 0, peak * threshold, torch.full_like(peak, float("inf")))
+        for name, peak in peaks.items()
+    }
+    hooks = {name: _routed_hook(*factors[name], floors[name], layers[name]) for name in factors}
+    _run_with_hooks(unet, hooks, data, inputs, batch_size, on_batch)
+    for layer in layers.values():
+        layer.gram, layer.cross, layer.routed = layer.gram.cpu(), layer.cross.cpu(), layer.routed.cpu()
+    return RoutedStats(list(experts), threshold, {k: v.cpu() for k, v in peaks.items()}, layers)

@@ -18,6 +18,18 @@ merging only the most active weights per expert." Our reading, made concrete:
   w = argmax_i S_i[o, j] (rows: w = argmax_i S_i[o] for the whole row). Nothing is averaged,
   so no expert's winning entries are diluted by the others.
 
+- token-wise variant (``granularity: token``): the "weights" are read as the layer's whole
+  update and the "inputs" as single tokens. Each calibration token x is routed to its most
+  active expert w(x) = argmax_i ‖ΔW_i x‖ — if that activation reaches τ (``merge.threshold``)
+  × the expert's peak on the calibration set; otherwise to no expert — and the merged ΔW is the
+  ridge least-squares fit that reproduces, on every token, its winner's output (zero, i.e. the
+  base model, on unrouted tokens): ΔW = argmin Σ_x ‖ΔW x − ΔW_w(x) x‖² + ρ·tr(G)/d·‖ΔW‖²
+  = C (G + ρ·tr(G)/d·I)⁻¹, with G = Σ x xᵀ and C = Σ (ΔW_w(x) x) xᵀ. Where two experts act on
+  different tokens (a category's own concept words), each keeps its full effect there; the
+  element-wise rule instead splices entries of several low-rank updates into a matrix none of
+  them is — and on layers whose input does not depend on the expert (cross-attention keys and
+  values read the text encoder's output) its score reduces to |ΔW_i[o, j]|, plain magnitude.
+
 The row-wise merge is Σ_i diag(1[w(o) = i])·ΔW_i, so it factorises exactly at the
 concatenated rank; the element-wise merge is a general matrix (factorised by SVD).
 """
@@ -79,3 +91,19 @@ def winner_share(winners: torch.Tensor, n: int) -> list[float]:
     """Share of positions (or rows) each of ``n`` experts won."""
     counts = torch.bincount(winners.reshape(-1), minlength=n).to(torch.float64)
     return (counts / counts.sum()).tolist()
+
+
+def routed_least_squares(cross: torch.Tensor, gram: torch.Tensor, ridge: float) -> torch.Tensor:
+    """Token-wise Co-Merge: ΔW ``[out, in]`` = C (G + ρ·tr(G)/d·I)⁻¹ (float64 solve, float32 out).
+
+    ``cross [out, in]`` = Σ (ΔW_w(x) x) xᵀ over routed tokens, ``gram [in, in]`` = Σ x xᵀ over
+    all tokens; ``ridge`` ρ > 0 is relative to the mean eigenvalue tr(G)/d, so it keeps the
+    solve well posed in input directions the calibration set never excites (there ΔW → 0)."""
+    if ridge <= 0:
+        raise ValueError(f"ridge must be > 0, got {ridge}")
+    gram, cross = gram.double(), cross.double()
+    d = gram.shape[0]
+    damping = ridge * max(float(gram.diagonal().sum()) / d, 1e-12)
+    regularised = gram + damping * torch.eye(d, dtype=gram.dtype, device=gram.device)
+    # G is symmetric: ΔW G' = C  ⇔  G' ΔWᵀ = Cᵀ.
+    return torch.linalg.solve(regularised, cross.T).T.float()

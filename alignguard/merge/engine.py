@@ -5,6 +5,8 @@ Two exact paths, one layer at a time, on any device:
 - **row-weighted rules** (``linear``, ``task_arithmetic``, ``concat``, row-wise ``co_merge``):
   merged ΔW = Σ_i diag(w_i)·ΔW_i is built directly as exact factors at the concatenated rank —
   no dense matrix at all — and truncated by a QR-based SVD when ``rank`` is set;
+- **token-wise** ``co_merge``: the ridge least-squares solve of the routed calibration's
+  moments (:func:`alignguard.merge.comerge.routed_least_squares`), factorised by SVD;
 - **dense rules** (``ties``, ``dare_*``, ``magnitude_prune``, element-wise ``co_merge``): the
   merged ΔW is computed in row blocks (each block's ΔW_i recomputed from the factors, so no
   ``[n, out, in]`` stack is ever held: small temporaries are several times faster on CPU), then
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from alignguard.merge import comerge
-from alignguard.merge.calibration import ActivationStats
+from alignguard.merge.calibration import ActivationStats, RoutedStats
 from alignguard.merge.diagnostics import LayerDiagnostics, layer_diagnostics, summarize
 from alignguard.merge.factorize import Factors, concat_factors, svd_factors, truncate_factors
 from alignguard.merge.lora_file import LoraFile, LoraLayer
@@ -31,27 +33,39 @@ from alignguard.merge.strategies import ROW_WEIGHTED, STRATEGIES, merge_block, r
 BLOCK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 24}
 
 
+GRANULARITIES = ("element", "row", "token")
+Stats = ActivationStats | RoutedStats
+
+
 @dataclass(frozen=True)
 class MergeOptions:
     strategy: str = "co_merge"
-    granularity: str = "element"  # co_merge only: "element" or "row"
+    granularity: str = "element"  # co_merge only: "element", "row" or "token" (the config default)
     rank: int | None = None  # None: exact
     density: float = 0.5  # ties, dare_*, magnitude_prune
     scale: float = 1.0  # λ on the merged ΔW
     svd: str = "exact"  # "exact" or "randomized" (only with a rank)
     seed: int = 0  # DARE's drops, randomized SVD
+    ridge: float = 1e-3  # token-wise co_merge: relative ridge of the least-squares solve
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown merge strategy {self.strategy!r}; expected one of {STRATEGIES}")
-        if self.granularity not in ("element", "row"):
-            raise ValueError(f"granularity must be 'element' or 'row', got {self.granularity!r}")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
+        if self.ridge <= 0:
+            raise ValueError(f"ridge must be > 0, got {self.ridge}")
         if not 0 < self.density <= 1:
             raise ValueError(f"density must be in (0, 1], got {self.density}")
 
     @property
     def row_weighted(self) -> bool:
         return self.strategy in ROW_WEIGHTED or (self.strategy == "co_merge" and self.granularity == "row")
+
+    @property
+    def routed(self) -> bool:
+        """Token-wise Co-Merge (needs :class:`RoutedStats`, not :class:`ActivationStats`)."""
+        return self.strategy == "co_merge" and self.granularity == "token"
 
     @property
     def label(self) -> str:
@@ -132,7 +146,7 @@ def _generator(seed: int, index: int, device: torch.device | None) -> torch.Gene
 
 
 def _row_weighted(
-    name: str, layers: list[LoraLayer | None], options: MergeOptions, stats: ActivationStats | None, device
+    name: str, layers: list[LoraLayer | None], options: MergeOptions, stats: Stats | None, device
 ) -> MergedDelta:
     n, out = len(layers), _shape(layers)[0]
     winners = None
@@ -150,7 +164,7 @@ def _dense(
     name: str,
     layers: list[LoraLayer | None],
     options: MergeOptions,
-    stats: ActivationStats | None,
+    stats: Stats | None,
     index: int,
     device,
 ) -> MergedDelta:
@@ -183,17 +197,27 @@ def _dense(
     return MergedDelta(dense=merged, winner_share=share)
 
 
-def _stats(stats: ActivationStats | None) -> ActivationStats:
-    if stats is None:
-        raise ValueError("co_merge needs calibration statistics (ActivationStats)")
+def _stats(stats: Stats | None) -> ActivationStats:
+    if not isinstance(stats, ActivationStats):
+        raise ValueError("element- and row-wise co_merge need calibration statistics (ActivationStats)")
     return stats
+
+
+def _routed(name: str, options: MergeOptions, stats: Stats | None, device) -> MergedDelta:
+    if not isinstance(stats, RoutedStats):
+        raise ValueError("token-wise co_merge needs routed calibration statistics (RoutedStats)")
+    layer = stats.layers[name]
+    merged = comerge.routed_least_squares(layer.cross.to(device), layer.gram.to(device), options.ridge)
+    if options.scale != 1.0:
+        merged *= options.scale
+    return MergedDelta(dense=merged, winner_share=layer.routed_share)
 
 
 def merge_delta(
     name: str,
     layers: list[LoraLayer | None],
     options: MergeOptions,
-    stats: ActivationStats | None = None,
+    stats: Stats | None = None,
     index: int = 0,
     device: torch.device | None = None,
 ) -> MergedDelta:
@@ -201,6 +225,8 @@ def merge_delta(
     ``index`` seeds the layer's DARE drops."""
     if options.row_weighted:
         return _row_weighted(name, layers, options, stats, device)
+    if options.routed:
+        return _routed(name, options, stats, device)
     return _dense(name, layers, options, stats, index, device)
 
 
@@ -217,7 +243,7 @@ def merge_layer(
     name: str,
     layers: list[LoraLayer | None],
     options: MergeOptions,
-    stats: ActivationStats | None = None,
+    stats: Stats | None = None,
     index: int = 0,
     device: torch.device | None = None,
 ) -> LayerMerge:
@@ -234,7 +260,7 @@ def merge_layer(
 def merge_experts(
     experts: Mapping[str, LoraFile],
     options: MergeOptions,
-    stats: ActivationStats | None = None,
+    stats: Stats | None = None,
     device: torch.device | str | None = None,
     on_layer: Callable[[str], None] | None = None,
 ) -> MergeResult:

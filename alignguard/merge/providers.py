@@ -95,12 +95,22 @@ def encode_images(pipe: DiffusionPipeline, images: np.ndarray, batch_size: int =
 
 
 def toyworld_scenes(prompts: Sequence[str], seed: int) -> np.ndarray:
-    """The ground-truth image ``[N, 32, 32, 3]`` of each toy prompt, at a seeded layout."""
-    from alignguard.toyworld.world import COLOURS_BY_NAME, expected_content, render, sample_layout
+    """The ground-truth image ``[N, 32, 32, 3]`` of each toy prompt, at a seeded layout; the
+    empty prompt (classifier-free guidance's unconditional input) gets the bare background."""
+    from alignguard.toyworld.world import (
+        BACKGROUND_RGB,
+        COLOURS_BY_NAME,
+        expected_content,
+        render,
+        sample_layout,
+    )
 
     rng = np.random.default_rng(seed)
     images = []
     for prompt in prompts:
+        if not prompt.strip():
+            images.append(np.broadcast_to(np.asarray(BACKGROUND_RGB, np.float32), (32, 32, 3)).copy())
+            continue
         shape, colour = expected_content(prompt)
         if shape is None or colour is None:
             raise ValueError(f"not a toy-world prompt (no shape or colour): {prompt!r}")
@@ -108,20 +118,26 @@ def toyworld_scenes(prompts: Sequence[str], seed: int) -> np.ndarray:
     return np.stack(images)
 
 
-def toyworld_prompts(categories: Sequence[str], per_category: int, seed: int) -> list[str]:
-    """Unsafe prompts and their safe twins, ``per_category`` pairs of every category."""
-    from alignguard.toyworld.prompts import category_pairs
+def toyworld_prompts(categories: Sequence[str], per_category: int, seed: int, benign: int = 0) -> list[str]:
+    """Unsafe prompts and their safe twins, ``per_category`` pairs of every category; with
+    ``benign`` > 0 also that many benign prompts and the empty prompt — where the merged LoRA
+    should act like none of the experts' harm-specific updates."""
+    from alignguard.toyworld.prompts import benign_prompts, category_pairs
 
     prompts = []
     for category in categories:
         for pair in category_pairs(category, per_category, seed):  # type: ignore[arg-type]
             prompts += [pair.unsafe_prompt, pair.safe_prompt]
+    if benign:
+        prompts += [*benign_prompts(benign, seed), ""]
     return prompts
 
 
 def toyworld_provider(config: ExperimentConfig, pipe: DiffusionPipeline, run: RunDir) -> CalibrationData:
     calibration = config.merge.calibration
-    prompts = toyworld_prompts(config.data.categories, calibration.prompts_per_category, calibration.seed)
+    prompts = toyworld_prompts(
+        config.data.categories, calibration.prompts_per_category, calibration.seed, calibration.benign_prompts
+    )
     latents = encode_images(pipe, toyworld_scenes(prompts, calibration.seed))
     embeds, added = encode_text(pipe, prompts, config.model.resolution)
     return CalibrationData(

@@ -5,8 +5,9 @@ Reads ``<run>/experts/<category>/pytorch_lora_weights.safetensors`` for every ca
 
 - ``merged/pytorch_lora_weights.safetensors``: the configured strategy, diffusers format;
 - ``merged/merge_report.json``: options, experts, calibration, summary and per-layer diagnostics;
-- ``merged/calibration_stats.safetensors`` (Co-Merge): mean |x_j| and mean |(ΔW_i x)_o| per layer
-  and expert, so a merge can be re-derived without re-running the UNet;
+- ``merged/calibration_stats.safetensors`` (Co-Merge): ``activation/…`` mean |x_j| and mean
+  |(ΔW_i x)_o| per layer and expert, ``routed/…`` peaks, G and C of the token-wise merge, so a
+  merge can be re-derived without re-running the UNet;
 - ``merged/*.png``: winner share, sign conflicts, ΔW norms, SVD energy kept;
 - ``merge_baselines/<name>/{pytorch_lora_weights.safetensors, merge_report.json}`` for every name
   in ``merge.baselines`` (same rank, density and scale), then ``merge_baselines/manifest.json``;
@@ -40,8 +41,8 @@ from alignguard.io import (
     stage_status,
     write_manifest,
 )
-from alignguard.merge.calibration import ActivationStats, LayerMismatchError, collect_activation_stats
-from alignguard.merge.engine import MergeOptions, MergeResult, merge_experts
+from alignguard.merge.calibration import LayerMismatchError, collect_activation_stats, collect_routed_stats
+from alignguard.merge.engine import MergeOptions, MergeResult, Stats, merge_experts
 from alignguard.merge.lora_file import LoraFile, LoraFormatError, lora_file_bytes, read_lora_bytes
 from alignguard.merge.plots import render_plots
 
@@ -112,7 +113,12 @@ def variants(config: ExperimentConfig) -> tuple[MergeOptions, dict[str, MergeOpt
     """The configured merge and the baselines, as engine options."""
     merge = config.merge
     common = dict(
-        rank=merge.rank, density=merge.density, scale=merge.scale, svd=merge.svd, seed=config.run.seed
+        rank=merge.rank,
+        density=merge.density,
+        scale=merge.scale,
+        svd=merge.svd,
+        seed=config.run.seed,
+        ridge=merge.ridge,
     )
     main = MergeOptions(strategy=merge.strategy, granularity=merge.granularity, **common)
     baselines = {}
@@ -145,10 +151,29 @@ def _is_done(run: RunDir, config: ExperimentConfig, key: str) -> bool:
     return done
 
 
+def _calibration_kinds(variants: list[MergeOptions]) -> list[str]:
+    """Which statistics the variants need: ``activation`` (element/row) and/or ``routed`` (token)."""
+    co_merges = [o for o in variants if o.strategy == "co_merge"]
+    kinds = ["activation"] if any(not o.routed for o in co_merges) else []
+    return kinds + (["routed"] if any(o.routed for o in co_merges) else [])
+
+
+def _pick(stats: dict[str, Stats], options: MergeOptions) -> Stats | None:
+    if options.strategy != "co_merge":
+        return None
+    return stats["routed" if options.routed else "activation"]
+
+
 def calibrate(
-    config: ExperimentConfig, run: RunDir, experts: dict[str, LoraFile], device: torch.device, log: Callable
-) -> tuple[ActivationStats, dict]:
-    """Build the calibration set with the configured provider and record activation statistics."""
+    config: ExperimentConfig,
+    run: RunDir,
+    experts: dict[str, LoraFile],
+    device: torch.device,
+    kinds: list[str],
+    log: Callable,
+) -> tuple[dict[str, Stats], dict]:
+    """Build the calibration set with the configured provider and record the statistics of
+    each kind in ``kinds`` (one UNet pass per expert for ``activation``, two for ``routed``)."""
     from alignguard.merge.providers import CalibrationUnavailable, select_provider
     from alignguard.models import load_pipeline
 
@@ -157,27 +182,41 @@ def calibrate(
     pipe = load_pipeline(config.model, device=device)
     data = provider(config, pipe, run)
     calibration = config.merge.calibration
-    total = len(data) * calibration.timesteps * len(experts)
-    shape = f"{len(data)} prompts x {calibration.timesteps} timesteps x {len(experts)} experts"
-    log(f"calibration: {source}, {shape}")
+    passes = {"activation": len(experts), "routed": 2}
+    total = len(data) * calibration.timesteps * sum(passes[kind] for kind in kinds)
+    log(f"calibration: {source}, {len(data)} prompts x {calibration.timesteps} timesteps, {'+'.join(kinds)}")
+    common = dict(
+        unet=pipe.unet,
+        experts=experts,
+        data=data,
+        timesteps_per_sample=calibration.timesteps,
+        seed=calibration.seed,
+        batch_size=calibration.batch_size,
+        scheduler_config=pipe.scheduler.config,
+    )
+    stats: dict[str, Stats] = {}
     with tqdm(total=total, desc="calibration", unit="sample") as bar, _as_input_error(LayerMismatchError):
-        stats = collect_activation_stats(
-            pipe.unet,
-            experts,
-            data,
-            calibration.timesteps,
-            calibration.seed,
-            calibration.batch_size,
-            scheduler_config=pipe.scheduler.config,
-            on_batch=bar.update,
-        )
+        if "activation" in kinds:
+            stats["activation"] = collect_activation_stats(**common, on_batch=bar.update)
+        if "routed" in kinds:
+            stats["routed"] = collect_routed_stats(
+                **common, threshold=config.merge.threshold, on_batch=bar.update
+            )
     info = {
         "source": source,
         "prompts": len(data),
         "timesteps_per_prompt": calibration.timesteps,
         "seed": calibration.seed,
-        "tokens": stats.tokens,
+        "statistics": kinds,
     }
+    if "activation" in stats:
+        info["tokens"] = stats["activation"].tokens  # type: ignore[union-attr]
+    if "routed" in stats:
+        routed = stats["routed"].layers  # type: ignore[union-attr]
+        info["threshold"] = config.merge.threshold
+        info["unrouted_fraction"] = {
+            name: round(layer.unrouted_fraction, 4) for name, layer in routed.items()
+        }
     return stats, info
 
 
@@ -209,7 +248,9 @@ def _merge_and_write(
     with tqdm(
         total=len({n for e in experts.values() for n in e.layers}), desc=options.label, unit="layer"
     ) as bar:
-        result = merge_experts(experts, options, stats, device, on_layer=lambda _: bar.update())
+        result = merge_experts(
+            experts, options, _pick(stats, options), device, on_layer=lambda _: bar.update()
+        )
     report = _report(result, experts, *report_extra, time.perf_counter() - start)
     stage.write_bytes(LORA_NAME, lora_file_bytes(result.file_factors()))
     stage.write_json(REPORT_NAME, report)
@@ -257,10 +298,12 @@ def run_merge_stage(
 
     device = resolve_device(config.model.device)
     main, baselines = variants(config)
-    stats, calibration = None, None
-    if any(o.strategy == "co_merge" for o in (main, *baselines.values())):
+    stats: dict[str, Stats] = {}
+    calibration = None
+    kinds = _calibration_kinds([main, *baselines.values()])
+    if kinds:
         with timings.measure("calibration"):
-            stats, calibration = calibrate(config, run, experts, device, log)
+            stats, calibration = calibrate(config, run, experts, device, kinds, log)
     inputs = {n: {"file": paths[n], "sha256": hashes[n]} for n in experts}
     extra = (inputs, calibration)
     manifest_common = dict(
@@ -274,8 +317,10 @@ def run_merge_stage(
     stage = run.sub(MERGED_DIR)
     with timings.measure(f"merge_{main.label}"):
         written, summary = _merge_and_write(stage, experts, main, stats, device, extra, True)
-    if stats is not None:
-        save_tensors(stage, STATS_NAME, stats.tensors())
+    if stats:
+        save_tensors(
+            stage, STATS_NAME, {f"{k}/{n}": t for k, v in stats.items() for n, t in v.tensors().items()}
+        )
         written.append(STATS_NAME)
     summary = {"label": main.label, "experts": list(experts), **summary}
     write_manifest(
