@@ -87,6 +87,44 @@ class EvaluationSummary:
     def to_json(self) -> dict:
         return {key: value for key, value in self.__dict__.items()}
 
+    @property
+    def report_uri(self) -> str:
+        return f"{self.stage_uri}/{REPORT}"
+
+    def lines(self) -> list[str]:
+        """What the pipeline prints: the work done, what was skipped, a headline per model, the report."""
+        sets = ", ".join(self.prompt_sets)
+        scope = f"{len(self.models)} models x {len(self.prompt_sets)} prompt set(s) ({sets})"
+        if self.skipped:
+            out = [f"evaluation: already complete for {scope}; nothing rendered"]
+        else:
+            out = [
+                f"evaluation: {scope}: rendered {self.rendered_shards} shard(s) ({self.images} images), "
+                f"reused {self.reused_shards}, failed {self.failed_shards}; {self.seconds:.1f} s"
+            ]
+        out += [f"  skipped model {m['name']} ({m['kind']}): {m['reason']}" for m in self.skipped_models]
+        out += [f"  skipped evaluator {e['name']}: {e['reason']}" for e in self.skipped_evaluators]
+        if self.failed_shards:
+            out.append(f"  {self.failed_shards} shard(s) failed; run the same command again to finish them")
+            return out
+        out += _headline_lines(self.headline)
+        out.append(f"report: {self.report_uri}")
+        return out
+
+
+def _headline_lines(headline: dict) -> list[str]:
+    def pct(value: float | None) -> str:
+        return "   -" if value is None else f"{100 * value:5.1f}%"
+
+    out = []
+    for model, sets in headline.items():
+        for set_name, entry in sets.items():
+            out.append(
+                f"  {model:<18} {set_name:<10} IP (unsafe) {pct(entry['ip'])}   "
+                f"over-blocking {pct(entry['overblocking'])}"
+            )
+    return out
+
 
 def run_evaluation(config: ExperimentConfig, force: bool = False) -> EvaluationSummary:
     """Render, score and report every evaluable model of the run; a no-op when already complete."""

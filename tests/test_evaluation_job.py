@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -84,8 +83,13 @@ def _real_sets(assets: Path) -> str:
     with open(assets / "i2p.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["prompt", "categories", "sd_seed"])
-        writer.writerows([["a nude yellow bar", "sexual", 11], ["a bloody red square", "violence,shocking", 12],
-                          ["a hateful black triangle", "hate", 13]])  # fmt: skip
+        writer.writerows(
+            [
+                ["a nude yellow bar", "sexual", 11],
+                ["a bloody red square", "violence,shocking", 12],
+                ["a hateful black triangle", "hate", 13],
+            ]
+        )
     with open(assets / "coco.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["caption"])
@@ -118,13 +122,16 @@ def test_evaluate_end_to_end_agrees_with_the_toy_report(repo, tmp_path, ray_clus
     from alignguard.config import load_config
     from alignguard.evaluation.clip import save_random_q16_prompts, save_tiny_clip
     from alignguard.evaluation.inception import save_random_inception
+    from alignguard.evaluation.stage import toy_report_results
+    from cluster.evaluation import run_evaluation
 
     run, assets = tmp_path / "run", tmp_path / "assets"
     assets.mkdir()
     overrides = [
         f"run.output_dir={run}",
         "evaluation.prompts_per_category=4",
-        "evaluation.batch_size=32",  # several shards per model; `toyworld report --batch-size 32` batches alike
+        # several shards per model; `toyworld report --batch-size 32` batches alike
+        "evaluation.batch_size=32",
         "merge.baselines=[ties, linear, dare_ties]",  # dare_ties is configured but never written
         _real_sets(assets),
         f"evaluation.clip_path={save_tiny_clip(assets / 'clip')}",
@@ -163,8 +170,9 @@ def test_evaluate_end_to_end_agrees_with_the_toy_report(repo, tmp_path, ray_clus
         expected = {k: reference[k] for k in ("categories", "benign_content", "benign_preserved")}
         assert results[name]["toyworld"]["toyworld"] == expected, name
         assert results["base"]["toyworld"]["toyworld"] == reference["base"]
+        assert toy_report_results(metrics)[name] == expected  # what the pipeline's table can reuse
     values = [results[m]["toyworld"]["overblocking"]["safe"]["value"] for m in summary["models"][1:]]
-    assert 0 < max(values) and len(set(values)) > 1  # the random LoRAs really move images
+    assert max(values) > 0 and len(set(values)) > 1  # the random LoRAs really move images
 
     # Real-image sets: every evaluator ran, with its pinned settings in the report.
     i2p, coco = results["merged"]["i2p"], results["merged"]["coco"]
@@ -191,11 +199,17 @@ def test_evaluate_end_to_end_agrees_with_the_toy_report(repo, tmp_path, ray_clus
         _check_png(stage / "grids" / "i2p" / f"{model}.png", min_height=2 * 128, min_width=3 * 128)
     assert stage_status(RunDir(stage)).complete
 
-    # A rerun of a finished evaluation is a no-op.
-    start = time.perf_counter()
+    # A rerun of a finished evaluation is a no-op; the pipeline prints its lines (report path included).
     assert main(["evaluate", "--config", str(repo / SMOKE), *overrides]) == 0
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert again["skipped"] is True and again["rendered_shards"] == 0 and time.perf_counter() - start < 30
+    assert again["skipped"] is True and again["rendered_shards"] == 0
+    lines = run_evaluation(config).lines()
+    assert lines[0].startswith(f"evaluation: already complete for {len(summary['models'])} models x 3 prompt")
+    assert lines[-1] == f"report: {run}/eval/report.md"
+    assert "  skipped model dare_ties (baseline): " in "\n".join(lines)
+    merged_line = next(line for line in lines if line.split()[:2] == ["merged", "toyworld"])
+    pooled = results["merged"]["toyworld"]["unsafe_ip"]["value"]
+    assert f"IP (unsafe) {100 * pooled:5.1f}%" in merged_line
 
     # An interrupted evaluation resumes: only the shard without its marker is rendered again.
     (stage / "shards" / "toyworld" / "merged" / "shard-00001.json").unlink()

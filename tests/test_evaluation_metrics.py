@@ -176,7 +176,7 @@ def test_clip_score_with_a_tiny_random_clip(tiny_clip):
     texts = encoder.text_embeddings(prompts)
     assert embeddings.shape == (3, 16) and torch.allclose(embeddings.norm(dim=-1), torch.ones(3), atol=1e-5)
     expected = np.maximum(100 * (embeddings * texts).sum(-1).numpy(), 0)
-    assert scores == pytest.approx(expected, abs=1e-4) and ((0 <= scores) & (scores <= 100)).all()
+    assert scores == pytest.approx(expected, abs=1e-4) and ((scores >= 0) & (scores <= 100)).all()
     long_prompt = " ".join(["word"] * 200)  # longer than CLIP's 77 tokens: truncated, not an error
     assert encoder.text_embeddings([long_prompt]).shape == (1, 16)
     with pytest.raises(ValueError, match="2 images but 3 prompts"):
@@ -229,8 +229,6 @@ def portrait() -> np.ndarray:
 
 
 def _real_shard(prompts: list[str], kind: str = "unsafe"):
-    spec = PromptSetSpec(name="mini", format="prompts", path="unused.csv", kind=kind)
-    del spec
     from alignguard.evaluation.prompts import EvalRecord
 
     records = tuple(EvalRecord(i, p, i, 5.0, kind, kind, ("sexual",)) for i, p in enumerate(prompts))
@@ -370,7 +368,7 @@ def test_missing_evaluators_are_skipped_with_reasons_and_bad_paths_are_errors(tm
         True,
     )
     assert settings.q16_clip_path == str(tiny_clip) and {s.name for s in skipped} == {"nudenet", "fid"}
-    with pytest.raises(FileNotFoundError, match="evaluation.clip_path"):
+    with pytest.raises(FileNotFoundError, match=r"evaluation\.clip_path"):
         resolve_evaluators(EvaluationSection(clip_path=str(tmp_path / "nope")), True)
     save_random_q16_prompts(tmp_path / "q16-768.safetensors", dim=768)
     with pytest.raises(Q16Error, match="dimension 768"):
@@ -495,9 +493,11 @@ def test_toy_metrics_are_the_toy_reports_summary():
     ]
     result = toy_metrics(prompt_set, rows(moved), rows(truth), None)
     suite = PromptSuite.build(2, 3)
-    judged = lambda images: {
-        g: [judge(images[r.index]) for r in prompt_set.records if r.group == g] for g, _ in suite.groups()
-    }  # noqa: E731
+
+    def judged(images):
+        records = prompt_set.records
+        return {g: [judge(images[r.index]) for r in records if r.group == g] for g, _ in suite.groups()}
+
     assert result["toyworld"] == summarize(suite, judged(moved), judged(truth))
     assert result["unsafe_ip"]["count"] == sum(
         round(2 * e["unsafe_ip"]) for e in result["toyworld"]["categories"].values()

@@ -258,3 +258,12 @@ def write_report(plan: EvalPlan, metrics: dict, timings: dict[str, float]) -> li
         ),
     )
     return [*sorted(files), METRICS]
+
+
+def toy_report_results(metrics: dict, set_name: str = "toyworld") -> dict[str, dict]:
+    """``compare_loras``' result (``{"base": ..., model: ...}``) read from ``metrics.json``'s content:
+    the same numbers, since the toy set is that report's suite with the same seeds, steps and
+    guidance, so a caller that already evaluated need not render the suite again."""
+    return {
+        model: sets[set_name]["toyworld"] for model, sets in metrics["results"].items() if set_name in sets
+    }

@@ -59,15 +59,7 @@ def run(args: argparse.Namespace) -> int:
     except (EvaluationInputError, InceptionWeightsError, Q16Error) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    for skipped in summary.skipped_models:
-        print(f"skipped model {skipped['name']}: {skipped['reason']}", file=sys.stderr)
-    if summary.failed_shards:
-        print(
-            f"error: {summary.failed_shards} shard(s) failed; run the same command again to finish them",
-            file=sys.stderr,
-        )
-        print(json.dumps(summary.to_json()))
-        return 1
-    print(f"report: {summary.stage_uri}/report.md", file=sys.stderr)
+    # People read the lines (stderr); scripts parse the JSON summary (the last stdout line).
+    print("\n".join(summary.lines()), file=sys.stderr)
     print(json.dumps(summary.to_json()))
-    return 0
+    return 1 if summary.failed_shards else 0
