@@ -103,7 +103,10 @@ class EvaluationSummary:
                 f"reused {self.reused_shards}, failed {self.failed_shards}; {self.seconds:.1f} s"
             ]
         out += [f"  skipped model {m['name']} ({m['kind']}): {m['reason']}" for m in self.skipped_models]
-        out += [f"  skipped evaluator {e['name']}: {e['reason']}" for e in self.skipped_evaluators]
+        by_reason: dict[str, list[str]] = {}
+        for evaluator in self.skipped_evaluators:
+            by_reason.setdefault(evaluator["reason"], []).append(evaluator["name"])
+        out += [f"  skipped evaluator {', '.join(names)}: {why}" for why, names in by_reason.items()]
         if self.failed_shards:
             out.append(f"  {self.failed_shards} shard(s) failed; run the same command again to finish them")
             return out

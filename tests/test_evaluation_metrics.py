@@ -549,3 +549,20 @@ def test_plots_are_real_images_of_a_sensible_size():
         assert 300 <= image.shape[0] <= 2000 and 400 <= image.shape[1] <= 3000
         assert len(np.unique(image.reshape(-1, 3), axis=0)) > 20  # drawn content, not a blank canvas
     json.dumps(metrics)  # plots do not put anything unserialisable into metrics
+
+
+def test_summary_lines_name_the_report_only_when_it_was_written():
+    from cluster.evaluation import EvaluationSummary
+
+    skipped = [{"name": "q16", "reason": "no q16_path"}, {"name": "fid", "reason": "no q16_path"}]
+    headline = {"merged": {"toyworld": {"ip": 0.237, "overblocking": None}}}
+    summary = EvaluationSummary("/run/eval", ["base", "merged"], ["toyworld"], rendered_shards=3, images=10,
+                                skipped_evaluators=skipped, headline=headline)  # fmt: skip
+    lines = summary.lines()
+    assert lines[0].startswith("evaluation: 2 models x 1 prompt set(s) (toyworld): rendered 3 shard(s)")
+    assert "  skipped evaluator q16, fid: no q16_path" in lines and lines[-1] == "report: /run/eval/report.md"
+    assert any(line.split() == ["merged", "toyworld", "IP", "(unsafe)", "23.7%", "over-blocking", "-"]
+               for line in lines)  # fmt: skip
+    summary.failed_shards = 2
+    assert not any(line.startswith("report:") for line in summary.lines())
+    assert "run the same command again" in summary.lines()[-1]
