@@ -25,7 +25,19 @@ Each job command reads an experiment YAML (configs/*.yaml) and accepts overrides
 
 
 def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
-    from jobs.commands import config, data, doctor, guard, merge, pipeline, serve, synthesize, toyworld, train
+    from jobs.commands import (
+        config,
+        data,
+        doctor,
+        evaluate,
+        guard,
+        merge,
+        pipeline,
+        serve,
+        synthesize,
+        toyworld,
+        train,
+    )
 
     return [
         pipeline.register,
@@ -35,6 +47,7 @@ def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
         train.register,
         toyworld.register,
         merge.register,
+        evaluate.register,
         guard.register,
         serve.register,
         doctor.register,
