@@ -25,7 +25,19 @@ Each job command reads an experiment YAML (configs/*.yaml) and accepts overrides
 
 
 def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
-    from jobs.commands import config, data, doctor, guard, merge, pipeline, serve, synthesize, toyworld, train
+    from jobs.commands import (
+        cluster,
+        config,
+        data,
+        doctor,
+        guard,
+        merge,
+        pipeline,
+        serve,
+        synthesize,
+        toyworld,
+        train,
+    )
 
     return [
         pipeline.register,
@@ -38,6 +50,7 @@ def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
         guard.register,
         serve.register,
         doctor.register,
+        cluster.register,
     ]
 
 
