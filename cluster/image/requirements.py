@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 
 def requirements(pyproject: Path, extras: list[str]) -> list[str]:
@@ -28,7 +29,9 @@ def requirements(pyproject: Path, extras: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("pyproject", type=Path)
     parser.add_argument("--extras", default="", help="comma-separated extras, e.g. cloud,eval,guard")
     args = parser.parse_args(argv)
