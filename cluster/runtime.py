@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import ray
@@ -25,7 +26,12 @@ def init_ray(address: str | None = None, *, log_to_driver: bool = True) -> None:
     """
     if ray.is_initialized():
         return
-    env_vars = {key: os.environ.get(key, value) for key, value in DEFAULT_WORKER_ENV.items()}
+    # Under `ray job submit --runtime-env-json '{"env_vars": ...}'` Ray refuses a ray.init runtime
+    # env that sets any of the same keys: the job's values win, so leave those keys out.
+    job_env = _submitted_job_env_vars()
+    env_vars = {
+        key: os.environ.get(key, value) for key, value in DEFAULT_WORKER_ENV.items() if key not in job_env
+    }
     ray.init(
         address=address or os.environ.get("RAY_ADDRESS"),
         runtime_env={"env_vars": env_vars},
@@ -33,3 +39,12 @@ def init_ray(address: str | None = None, *, log_to_driver: bool = True) -> None:
         configure_logging=True,
         logging_level="WARNING",
     )
+
+
+def _submitted_job_env_vars() -> dict[str, str]:
+    """The ``env_vars`` of the runtime env ``ray job submit`` gave this driver (empty otherwise)."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return {}
+    runtime_env = json.loads(raw).get("runtime_env") or {}
+    return dict(runtime_env.get("env_vars") or {})

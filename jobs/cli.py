@@ -26,6 +26,7 @@ Each job command reads an experiment YAML (configs/*.yaml) and accepts overrides
 
 def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
     from jobs.commands import (
+        cluster,
         config,
         data,
         doctor,
@@ -51,6 +52,7 @@ def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
         guard.register,
         serve.register,
         doctor.register,
+        cluster.register,
     ]
 
 

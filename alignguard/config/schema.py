@@ -533,12 +533,24 @@ class GuardSection(Section):
 
 
 class StageResources(Section):
-    """Resources of one stage's workers. ``concurrency`` is actors (synthesis, evaluation) or
-    data-parallel workers per expert (training)."""
+    """Resources of one stage's workers. ``concurrency`` is actors (prompts, synthesis, evaluation)
+    or data-parallel workers per expert (training); ``num_gpus`` and ``num_cpus`` are per actor or
+    worker. Every actor drives one device (one pipeline, one data-parallel rank), so ``num_gpus``
+    is at most 1; fractions let several actors share a GPU. Scale out with ``concurrency``."""
 
     concurrency: PositiveInt = 1
     num_gpus: NonNegativeFloat = 0.0
     num_cpus: PositiveFloat = 1.0
+
+    @field_validator("num_gpus")
+    @classmethod
+    def _one_device_per_actor(cls, value: float) -> float:
+        if value > 1:
+            raise ValueError(
+                f"must be at most 1, got {value:g}: each actor or worker drives one device, so the other "
+                "GPUs would sit idle; raise concurrency instead"
+            )
+        return value
 
 
 class TrainingResources(StageResources):
@@ -546,12 +558,34 @@ class TrainingResources(StageResources):
 
 
 class ResourcesSection(Section):
+    """Per-stage resources: the one place where a config scales from a laptop to a cluster.
+
+    ``merge`` is one actor and ``serve`` sizes one generator replica (replicas come from
+    ``serve.autoscaling``): their ``concurrency`` must stay 1 rather than be silently ignored."""
+
     prompts: StageResources = StageResources()
     synthesis: StageResources = StageResources()
     training: TrainingResources = TrainingResources()
     merge: StageResources = StageResources()
     evaluation: StageResources = StageResources()
     serve: StageResources = StageResources()
+
+    @field_validator("merge")
+    @classmethod
+    def _one_merge_actor(cls, value: StageResources) -> StageResources:
+        if value.concurrency != 1:
+            raise ValueError(f"concurrency must be 1, got {value.concurrency}: the merge runs in one actor")
+        return value
+
+    @field_validator("serve")
+    @classmethod
+    def _replicas_from_autoscaling(cls, value: StageResources) -> StageResources:
+        if value.concurrency != 1:
+            raise ValueError(
+                f"concurrency must be 1, got {value.concurrency}: it sizes one generator replica; the "
+                "number of replicas comes from serve.autoscaling (min_replicas, max_replicas)"
+            )
+        return value
 
 
 class ExperimentConfig(Section):

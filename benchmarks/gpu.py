@@ -1,0 +1,402 @@
+"""GPU check: full-size SD1.5 and SDXL (random weights, no hub) on one GPU, bf16, with MFU.
+
+    python benchmarks/gpu.py                       # both models; ~5-8 min on an H100/H200
+    python benchmarks/gpu.py --models sd15 --json gpu.json
+    python benchmarks/gpu.py --dry-run             # tiny models on the CPU: the code path in seconds
+
+Per model it measures, after one warm-up call each:
+- synthesis: images/s of ``alignguard.generation.generate`` (the synthesis stage's renderer call)
+  at the family's resolution, steps and a batch per call, classifier-free guidance on;
+- DPO: preference pairs/s of the real training step (``alignguard.training.step.preference_loss``,
+  Diffusion-DPO, reference = the adapter switched off) with a rank-4 LoRA on the attention
+  projections, AdamW on the LoRA, cached latents and text embeddings (as the experts train);
+- serving: latency of one request (1 image, same steps) + its JPEG encoding, median of a few.
+
+FLOPs are counted with torch's FLOP counter on the very call that is timed (one UNet forward; one
+training step), not taken from a table; the full-size counts are printed next to the anchors in
+``../shared/notes/performance.md`` (SD1.5 0.803, SDXL 6.761 TFLOP per UNet forward). MFU =
+achieved FLOP/s / the card's bf16 dense peak (table below; ``--peak-tflops`` for other cards).
+Synthesis and serving MFU count UNet FLOPs only (>= 94% of an image's). The whole run stops
+starting new measurements once ``--budget-s`` (default 450 s) is spent. Ends with one JSON line
+(also written to ``--json``). Without a CUDA device it exits with status 2 unless ``--dry-run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from alignguard.models.fullsize import UNET_FORWARD_TFLOP
+from alignguard.sizing import DPO_PAIR_TFLOP
+
+# bf16 dense tensor-core peaks (TFLOP/s), from the vendors' data sheets.
+PEAK_BF16_TFLOPS = {
+    "H200": 989.0,
+    "H100 SXM": 989.0,
+    "H100 80GB HBM3": 989.0,
+    "H100 NVL": 835.0,
+    "H100 PCIe": 756.0,
+    "H100": 756.0,  # an unspecified H100: the lowest variant, so MFU is not overstated
+    "B200": 2250.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one model family runs: full size on a GPU, tiny on the CPU for --dry-run."""
+
+    family: str
+    resolution: int
+    steps: int
+    guidance: float
+    synth_batch: int
+    dpo_batch: int
+    dpo_steps: int
+    serve_requests: int
+
+
+FULL = {
+    "sd15": Plan("sd15", 512, 25, 7.5, synth_batch=8, dpo_batch=8, dpo_steps=10, serve_requests=5),
+    "sdxl": Plan("sdxl", 1024, 30, 5.0, synth_batch=4, dpo_batch=2, dpo_steps=6, serve_requests=3),
+}
+TINY = {
+    "sd15": Plan("sd15", 32, 2, 5.0, synth_batch=2, dpo_batch=2, dpo_steps=2, serve_requests=2),
+    "sdxl": Plan("sdxl", 32, 2, 5.0, synth_batch=2, dpo_batch=2, dpo_steps=2, serve_requests=2),
+}
+
+
+@dataclass
+class Result:
+    family: str
+    params_m: dict[str, float]
+    unet_forward_tflop: float
+    synthesis_images_per_s: float | None = None
+    synthesis_mfu: float | None = None
+    dpo_pairs_per_s: float | None = None
+    dpo_tflop_per_pair: float | None = None
+    dpo_mfu: float | None = None
+    serve_latency_ms_p50: float | None = None
+    serve_encode_ms_p50: float | None = None
+    serve_mfu: float | None = None
+    peak_memory_gb: float | None = None
+    skipped: list[str] = field(default_factory=list)
+
+
+def card_peak(name: str) -> float | None:
+    """The bf16 peak of the card called ``name`` (longest matching key wins), or None."""
+    matches = [key for key in PEAK_BF16_TFLOPS if key.lower() in name.lower()]
+    return PEAK_BF16_TFLOPS[max(matches, key=len)] if matches else None
+
+
+def build_pipeline(family: str, dry_run: bool, device: torch.device, dtype: torch.dtype):
+    if dry_run:
+        from alignguard.models import tiny_sd_pipeline, tiny_sdxl_pipeline
+
+        pipe = tiny_sd_pipeline(0) if family == "sd15" else tiny_sdxl_pipeline(0)
+    else:
+        from accelerate import init_on_device
+
+        from alignguard.models.fullsize import random_sd15_pipeline, random_sdxl_pipeline
+
+        # Parameters are created on the device, so the random init runs there (minutes
+        # for SDXL on a host CPU); buffers and the scheduler's tables are made on the CPU.
+
+        with init_on_device(device, include_buffers=False):
+            pipe = random_sd15_pipeline() if family == "sd15" else random_sdxl_pipeline()
+    pipe = pipe.to(device=device, dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def count_tflop(fn: Callable[[], object]) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e12
+
+
+def unet_inputs(pipe, batch: int, resolution: int, device, dtype) -> dict:
+    """Random UNet inputs of the family's shapes: latents, text states (+ SDXL's pooled, time ids)."""
+    unet = pipe.unet
+    side = resolution // pipe.vae_scale_factor
+    tokens = pipe.tokenizer.model_max_length
+    inputs = {
+        "sample": torch.randn(batch, unet.config.in_channels, side, side, device=device, dtype=dtype),
+        "timestep": torch.full((batch,), 500, device=device),
+        "encoder_hidden_states": torch.randn(
+            batch, tokens, unet.config.cross_attention_dim, device=device, dtype=dtype
+        ),
+    }
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        pooled = pipe.text_encoder_2.config.projection_dim
+        time_ids = torch.tensor([resolution, resolution, 0, 0, resolution, resolution], device=device)
+        inputs["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(batch, pooled, device=device, dtype=dtype),
+            "time_ids": time_ids.to(dtype).repeat(batch, 1),
+        }
+    return inputs
+
+
+def unet_forward_tflop(pipe, plan: Plan, device, dtype) -> float:
+    inputs = unet_inputs(pipe, 1, plan.resolution, device, dtype)
+    with torch.no_grad():
+        return count_tflop(lambda: pipe.unet(**inputs))
+
+
+SUBJECTS = (
+    "a photo of a red car in the city",
+    "a painting of a dog in a garden",
+    "a portrait of a happy man",
+)
+
+
+def prompts(n: int) -> list[str]:
+    """Words the random models' word tokenizer knows (CFG makes the length irrelevant to FLOPs)."""
+    return [SUBJECTS[i % len(SUBJECTS)] for i in range(n)]
+
+
+def measure_synthesis(pipe, plan: Plan, device, unet_tflop: float, peak: float | None, r: Result) -> None:
+    from alignguard.generation import generate
+
+    def render(n: int) -> None:
+        generate(pipe, prompts(n), list(range(n)), plan.steps, plan.guidance, plan.synth_batch)
+
+    render(plan.synth_batch)  # warm-up (kernels, allocator)
+    seconds = timed(lambda: render(2 * plan.synth_batch), device)
+    r.synthesis_images_per_s = 2 * plan.synth_batch / seconds
+    per_image = plan.steps * (2 if plan.guidance > 1 else 1) * unet_tflop
+    r.synthesis_mfu = mfu(r.synthesis_images_per_s * per_image, peak)
+
+
+def measure_serving(pipe, plan: Plan, device, unet_tflop: float, peak: float | None, r: Result) -> None:
+    from alignguard.generation import generate
+    from serve.encoding import encode_image
+
+    latencies, encodes = [], []
+    for i in range(plan.serve_requests + 1):  # the first is a warm-up
+        images: list = []
+
+        def request(seed: int = i, out: list = images) -> None:
+            out.append(generate(pipe, prompts(1), [seed], plan.steps, plan.guidance))
+
+        seconds = timed(request, device)
+        start = time.perf_counter()
+        encode_image((images[0][0] * 255).round().astype("uint8"), "jpeg")
+        if i:
+            latencies.append(seconds)
+            encodes.append(time.perf_counter() - start)
+    r.serve_latency_ms_p50 = 1000 * statistics.median(latencies)
+    r.serve_encode_ms_p50 = 1000 * statistics.median(encodes)
+    per_image = plan.steps * (2 if plan.guidance > 1 else 1) * unet_tflop
+    r.serve_mfu = mfu(per_image / statistics.median(latencies), peak)
+
+
+def dpo_step(pipe, plan: Plan, device, dtype) -> Callable[[], None]:
+    """One optimiser step of expert training on random cached latents, with a rank-4 LoRA."""
+    from diffusers import DDPMScheduler
+
+    from alignguard.config.schema import LoraSection
+    from alignguard.lora import add_lora
+    from alignguard.training.batches import PreferenceBatch
+    from alignguard.training.step import preference_loss
+
+    unet = add_lora(pipe.unet, LoraSection(rank=4, alpha=4.0)).to(device=device, dtype=dtype)
+    optimizer = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=1e-5)
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    x = unet_inputs(pipe, plan.dpo_batch, plan.resolution, device, dtype)
+    added = x.get("added_cond_kwargs", {})
+    batch = PreferenceBatch(
+        latents_w=x["sample"],
+        latents_l=torch.randn_like(x["sample"]),
+        text=x["encoder_hidden_states"],
+        pooled=added.get("text_embeds"),
+        time_ids=added.get("time_ids"),
+    )
+    generator = torch.Generator("cpu").manual_seed(0)
+    unet.train()
+
+    def step() -> None:
+        out = preference_loss(unet, scheduler, batch, generator, loss="dpo", beta=5000.0)
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def measure_dpo(pipe, plan: Plan, device, dtype, peak: float | None, r: Result) -> None:
+    step = dpo_step(pipe, plan, device, dtype)
+    step()  # warm-up
+    tflop_per_step = count_tflop(step)
+    seconds = timed(lambda: [step() for _ in range(plan.dpo_steps)], device)
+    r.dpo_pairs_per_s = plan.dpo_steps * plan.dpo_batch / seconds
+    r.dpo_tflop_per_pair = tflop_per_step / plan.dpo_batch
+    r.dpo_mfu = mfu(r.dpo_pairs_per_s * r.dpo_tflop_per_pair, peak)
+    pipe.unet.eval()
+
+
+def mfu(tflops_achieved: float, peak: float | None) -> float | None:
+    return None if peak is None else tflops_achieved / peak
+
+
+def params_m(pipe) -> dict[str, float]:
+    parts = ("unet", "vae", "text_encoder", "text_encoder_2")
+    return {
+        name: round(sum(p.numel() for p in getattr(pipe, name).parameters()) / 1e6, 1)
+        for name in parts
+        if getattr(pipe, name, None) is not None
+    }
+
+
+def run_family(plan: Plan, args, device, dtype, peak: float | None, deadline: float) -> Result:
+    pipe = build_pipeline(plan.family, args.dry_run, device, dtype)
+    resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    if resolution != plan.resolution:
+        raise RuntimeError(
+            f"{plan.family}: the pipeline renders {resolution} px, the plan says {plan.resolution}"
+        )
+    unet_tflop = unet_forward_tflop(pipe, plan, device, dtype)
+    result = Result(plan.family, params_m(pipe), unet_tflop)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    steps = [
+        ("synthesis", measure_synthesis, (pipe, plan, device, unet_tflop, peak, result)),
+        ("serving", measure_serving, (pipe, plan, device, unet_tflop, peak, result)),
+        ("dpo", measure_dpo, (pipe, plan, device, dtype, peak, result)),  # last: it adds the LoRA
+    ]
+    for name, measure, measure_args in steps:
+        if time.monotonic() > deadline:
+            result.skipped.append(f"{name}: the --budget-s was spent")
+            continue
+        try:
+            measure(*measure_args)
+        except torch.cuda.OutOfMemoryError as exc:  # report it and measure the rest
+            result.skipped.append(f"{name}: out of GPU memory ({str(exc).splitlines()[0]})")
+            torch.cuda.empty_cache()
+    if device.type == "cuda":
+        result.peak_memory_gb = torch.cuda.max_memory_allocated(device) / 2**30
+    return result  # the pipeline is freed here; main() empties the CUDA cache
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def table(results: list[Result]) -> str:
+    head = (
+        "| model | UNet fwd TFLOP | images/s | MFU | DPO pairs/s | TFLOP/pair | MFU | "
+        "latency p50 ms | + JPEG ms | MFU |"
+    )
+    lines = [head, "|" + "---|" * 10]
+    for r in results:
+        lines.append(
+            f"| {r.family} | {r.unet_forward_tflop:.4g} | {_fmt(r.synthesis_images_per_s, '.2f')} | "
+            f"{_fmt(r.synthesis_mfu, '.1%')} | {_fmt(r.dpo_pairs_per_s, '.2f')} | "
+            f"{_fmt(r.dpo_tflop_per_pair, '.4g')} | {_fmt(r.dpo_mfu, '.1%')} | "
+            f"{_fmt(r.serve_latency_ms_p50, '.0f')} | {_fmt(r.serve_encode_ms_p50, '.1f')} | "
+            f"{_fmt(r.serve_mfu, '.1%')} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", default="sd15,sdxl", help="comma-separated: sd15, sdxl")
+    parser.add_argument("--dry-run", action="store_true", help="tiny models on the CPU (fp32): the code path")
+    parser.add_argument("--budget-s", type=float, default=450.0, help="start no measurement after this")
+    parser.add_argument("--peak-tflops", type=float, help="the card's bf16 dense peak, if not in the table")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = sorted(set(args.models) - set(FULL))
+    if unknown or not args.models:
+        parser.error(f"--models: unknown {unknown}; choose from {sorted(FULL)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    if not args.dry_run and not torch.cuda.is_available():
+        print(
+            "error: no CUDA device is visible: this benchmark measures full-size SD1.5/SDXL on one GPU. "
+            "Run it on a GPU node, or use --dry-run for the CPU smoke path with tiny models.",
+            file=sys.stderr,
+        )
+        return 2
+    device = torch.device("cpu") if args.dry_run else torch.device("cuda", 0)
+    dtype = torch.float32 if args.dry_run else torch.bfloat16
+    card = "cpu (dry run)" if args.dry_run else torch.cuda.get_device_name(device)
+    peak = args.peak_tflops or (None if args.dry_run else card_peak(card))
+    if peak is None and not args.dry_run:
+        print(f"warning: no bf16 peak known for {card!r}: MFU not reported (pass --peak-tflops)")
+    if not args.dry_run:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    plans = TINY if args.dry_run else FULL
+    start = time.monotonic()
+    results = []
+    for family in args.models:
+        print(f"{family}: building and measuring ...", flush=True)
+        results.append(run_family(plans[family], args, device, dtype, peak, start + args.budget_s))
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return report(results, args, card, peak, time.monotonic() - start)
+
+
+def report(results: list[Result], args, card: str, peak: float | None, seconds: float) -> int:
+    print(f"\n{card}, {'fp32' if args.dry_run else 'bf16'}, peak {_fmt(peak, '.0f')} TFLOP/s\n")
+    print(table(results))
+    if not args.dry_run:
+        for r in results:
+            ratio = r.unet_forward_tflop / UNET_FORWARD_TFLOP[r.family]
+            print(f"{r.family}: counted UNet forward / performance-notes anchor = {ratio:.3f}")
+            if r.dpo_tflop_per_pair is not None:
+                ratio = r.dpo_tflop_per_pair / DPO_PAIR_TFLOP[r.family]
+                print(f"{r.family}: counted DPO step per pair / performance-notes anchor = {ratio:.3f}")
+    for r in results:
+        for note in r.skipped:
+            print(f"{r.family}: skipped {note}")
+    line = {
+        "device": card,
+        "dtype": "float32" if args.dry_run else "bfloat16",
+        "dry_run": args.dry_run,
+        "peak_bf16_tflops": peak,
+        "wall_s": round(seconds, 1),
+        "plans": {r.family: asdict((TINY if args.dry_run else FULL)[r.family]) for r in results},
+        "results": [asdict(r) for r in results],
+    }
+    if args.json:
+        args.json.write_text(json.dumps(line, indent=2) + "\n")
+    print(json.dumps(line))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

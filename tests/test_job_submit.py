@@ -1,0 +1,171 @@
+"""``ray job submit`` for real: a private local head, the job CLI, the working-dir upload, artifacts.
+
+The head is ``ray start --head`` on 127.0.0.1 with its own temp dir and ports (see
+``tests/local_head.py``); the test stops exactly that head, never ``ray stop``. The job is a
+parameter: by default ``jobs/pipeline.py --stages synthesis`` on the smoke config (~1-2 min here),
+i.e. the pipeline entrypoint through the job CLI and the working-dir upload. The whole chain is
+opt-in (``ALIGNGUARD_SUBMIT_FULL_PIPELINE=1``): it needs every stage (evaluation included) and
+tens of minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from local_head import RAY, LocalHead, cli_env
+
+from alignguard.config import load_config
+from alignguard.io import RunDir, stage_status
+
+SMOKE = "configs/toy-smoke.yaml"
+# The same keys cluster.runtime.init_ray sets: Ray refuses a driver runtime env that repeats a job's keys.
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
+# Code, configs, docs and the shipped toy model: ~8 MB. A leaked .git, .venv or runs/ would be far more.
+MAX_UPLOAD_MIB = 16
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def check_synthesis(run: Path, logs: str) -> None:
+    """The synthesis stage is sealed for THIS config, and holds every planned pair's two images."""
+    from alignguard.synthesis.sources import train_test_pairs
+    from alignguard.synthesis.stage import stage_config_hash
+    from alignguard.synthesis.store import read_pairs_table
+
+    config = load_config(SMOKE, [f"run.output_dir={run}"])
+    stage = RunDir(str(run)).sub("synthesis")
+    status = stage_status(stage, stage_config_hash(config), verify_hashes=True)
+    assert status.complete, status
+    planned, _ = train_test_pairs(config, RunDir(str(run)))
+    rows = read_pairs_table(stage)
+    assert sorted(row["pair_id"] for row in rows) == sorted(p.pair_id for p in planned)
+    images = list((run / "synthesis" / "images").rglob("*.png"))
+    assert len(images) == 2 * len(planned)
+    assert f"synthesis: {len(planned)} pairs" in logs
+
+
+def check_pipeline_synthesis(run: Path, logs: str) -> None:
+    """The pipeline job ran exactly its synthesis stage, and reported it."""
+    check_synthesis(run, logs)
+    assert "== synthesis ==" in logs and "wall time per stage: synthesis" in logs
+    assert "== experts ==" not in logs and not (run / "experts").exists()
+
+
+def check_pipeline(run: Path, logs: str) -> None:
+    """Every stage of the chain is sealed by a verified manifest."""
+    config = load_config(SMOKE, [f"run.output_dir={run}"])
+    stages = ["synthesis", *(f"experts/{c}" for c in config.data.categories), "merged", "eval"]
+    for name in stages:
+        status = stage_status(RunDir(str(run)).sub(*name.split("/")), verify_hashes=True)
+        assert status.complete, f"{name}: {status}"
+
+
+@dataclass(frozen=True)
+class SubmittedJob:
+    script: str
+    args: tuple[str, ...]
+    check: Callable[[Path, str], None]
+    timeout_s: float
+
+
+PIPELINE_SYNTHESIS = SubmittedJob(
+    "jobs/pipeline.py", ("--config", SMOKE, "--stages", "synthesis"), check_pipeline_synthesis, timeout_s=240
+)
+PIPELINE = SubmittedJob("jobs/pipeline.py", ("--config", SMOKE), check_pipeline, timeout_s=1800)
+FULL = pytest.mark.skipif(
+    not os.environ.get("ALIGNGUARD_SUBMIT_FULL_PIPELINE"), reason="set ALIGNGUARD_SUBMIT_FULL_PIPELINE=1"
+)
+JOBS = [
+    pytest.param(PIPELINE_SYNTHESIS, id="pipeline-synthesis"),
+    pytest.param(PIPELINE, id="pipeline-full", marks=FULL),
+]
+
+
+@pytest.fixture(scope="module")
+def local_head():
+    head = LocalHead(num_cpus=2)
+    head.start()
+    try:
+        yield head
+    finally:
+        head.stop()
+    assert not head.pids(), "processes of the test's head survived its stop"
+
+
+def ray_cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [RAY, *args], cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def wait_for(head: LocalHead, submission_id: str, repo: Path, timeout_s: float) -> str:
+    """Poll ``ray job status`` until the job is terminal: SUCCEEDED, FAILED or STOPPED."""
+    terminal = re.compile(rf"Job '{re.escape(submission_id)}' (succeeded|failed|was stopped)")
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        result = ray_cli("job", "status", "--address", head.dashboard_url, submission_id, cwd=repo)
+        last = ANSI.sub("", result.stdout + result.stderr)
+        match = terminal.search(last)
+        if match:
+            return {"succeeded": "SUCCEEDED", "failed": "FAILED", "was stopped": "STOPPED"}[match.group(1)]
+        time.sleep(3)
+    ray_cli("job", "stop", "--address", head.dashboard_url, submission_id, cwd=repo)
+    raise AssertionError(f"job {submission_id} did not finish in {timeout_s:.0f} s; last status:\n{last}")
+
+
+def uploaded_working_dir(head: LocalHead, submit_output: str) -> Path:
+    """The job's working dir as the head unpacked it (named by the package ``ray job submit`` uploaded)."""
+    match = re.search(r"gcs://(_ray_pkg_[0-9a-f]+)\.zip", submit_output)
+    assert match, f"no package upload in the submit output:\n{submit_output}"
+    pattern = f"session_2*/runtime_resources/working_dir_files/{match.group(1)}"
+    found = [path for path in Path(head.temp_dir).glob(pattern) if path.is_dir()]
+    assert len(found) == 1, found
+    return found[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("job", JOBS)
+def test_ray_job_submit(job: SubmittedJob, local_head: LocalHead, repo: Path, tmp_path: Path) -> None:
+    if not (repo / job.script).exists():
+        pytest.fail(f"{job.script} does not exist")
+    run = tmp_path / "run"
+    submission_id = f"alignguard-test-{int(time.time())}"
+    submitted = ray_cli(
+        "job",
+        "submit",
+        "--address",
+        local_head.dashboard_url,
+        "--submission-id",
+        submission_id,
+        "--working-dir",
+        ".",
+        "--runtime-env-json",
+        json.dumps({"env_vars": WORKER_ENV}),
+        "--no-wait",
+        "--",
+        "python",
+        job.script,
+        *job.args,
+        f"run.output_dir={run}",
+        cwd=repo,
+    )
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    final = wait_for(local_head, submission_id, repo, job.timeout_s)
+    logs = ray_cli("job", "logs", "--address", local_head.dashboard_url, submission_id, cwd=repo).stdout
+    assert final == "SUCCEEDED", f"job {final}; logs:\n{logs[-4000:]}"
+    job.check(run, logs)
+
+    uploaded = uploaded_working_dir(local_head, submitted.stdout + submitted.stderr)
+    size = sum(f.stat().st_size for f in uploaded.rglob("*") if f.is_file())
+    assert size < MAX_UPLOAD_MIB * 2**20, f"working-dir upload is {size / 2**20:.1f} MiB"
+    for excluded in (".git", ".venv", "runs", ".pytest_cache"):
+        assert not (uploaded / excluded).exists(), f"{excluded} was uploaded with the working dir"
+    assert (uploaded / job.script).is_file() and (uploaded / SMOKE).is_file()

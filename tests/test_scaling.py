@@ -1,0 +1,118 @@
+"""Scaling by config: resources.* reach the drivers; nonsense is refused; sizing arithmetic."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from alignguard.config import ConfigError, load_config
+from alignguard.sizing import (
+    COPROV2_PAIRS,
+    UNET_FORWARD_TFLOP,
+    estimate,
+    image_tflop,
+    sizing_table,
+    training_pairs_per_expert,
+)
+from jobs.cli import main
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("resources.synthesis.num_gpus=2", "resources.synthesis.num_gpus: .*at most 1, got 2"),
+        ("resources.training.num_gpus=4", "resources.training.num_gpus: .*raise concurrency instead"),
+        ("resources.serve.concurrency=4", "resources.serve: .*serve.autoscaling"),
+        ("resources.merge.concurrency=2", "resources.merge: .*one actor"),
+    ],
+)
+def test_resources_that_would_be_wasted_or_ignored_are_refused(repo, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(repo / "configs" / "sd15.yaml", [override])
+
+
+def test_fractional_gpus_share_a_device(repo):
+    config = load_config(repo / "configs" / "sd15.yaml", ["resources.evaluation.num_gpus=0.5"])
+    assert config.resources.evaluation.num_gpus == 0.5
+
+
+def test_training_driver_reads_its_resources(repo, tmp_path):
+    from cluster.training import build_trainer, plan_experts
+
+    config = load_config(
+        repo / "configs" / "sd15.yaml",
+        [f"run.output_dir={tmp_path}", "resources.training.concurrency=3", "resources.training.num_cpus=6"],
+    )
+    scaling = build_trainer(config, plan_experts(config)[0]).scaling_config
+    assert scaling.num_workers == 3 and scaling.use_gpu
+    assert scaling.resources_per_worker == {"CPU": 6.0, "GPU": 1.0}
+    cpu_only = load_config(repo / "configs" / "toy.yaml", [f"run.output_dir={tmp_path}"])
+    scaling = build_trainer(cpu_only, plan_experts(cpu_only)[0]).scaling_config
+    assert not scaling.use_gpu and scaling.resources_per_worker == {"CPU": 0.25}
+
+
+def test_serving_driver_reads_its_resources(repo):
+    from serve.app import generator_options
+
+    config = load_config(
+        repo / "configs" / "sd15.yaml", ["resources.serve.num_gpus=0.5", "resources.serve.num_cpus=2"]
+    )
+    options = generator_options(config)
+    assert options["ray_actor_options"] == {"num_cpus": 2.0, "num_gpus": 0.5}
+    assert options["autoscaling_config"]["max_replicas"] == config.serve.autoscaling.max_replicas == 8
+
+
+def test_flop_constants_match_the_fullsize_models():
+    from alignguard.models.fullsize import UNET_FORWARD_TFLOP as COUNTED
+
+    assert UNET_FORWARD_TFLOP == COUNTED
+
+
+def test_image_flops_reproduce_the_performance_notes(repo):
+    sd15 = load_config(repo / "configs" / "sd15.yaml")
+    sdxl = load_config(repo / "configs" / "sdxl.yaml")
+    assert image_tflop(sd15, 25, 7.5) == pytest.approx(42.7, abs=0.01)
+    assert image_tflop(sd15, 50, 7.5) == pytest.approx(82.9, abs=0.1)
+    assert image_tflop(sd15, 50, 1.0) == pytest.approx(50 * 0.803 + 2.55, abs=0.01)  # no CFG: one pass
+    assert image_tflop(sdxl, 30, 5.0) == pytest.approx(416.0, abs=0.01)
+    # Other resolutions scale with the pixel count.
+    sd15_768 = load_config(repo / "configs" / "sd15.yaml", ["model.resolution=768"])
+    assert image_tflop(sd15_768, 25, 7.5) == pytest.approx(42.7 * 2.25, abs=0.05)
+
+
+def test_stage_estimates_follow_the_config(repo):
+    config = load_config(repo / "configs" / "sd15.yaml")
+    by_stage = {e.stage: e for e in estimate(config)}
+    pairs = round(COPROV2_PAIRS * 0.95)
+    assert by_stage["synthesis"].tflop == pytest.approx(2 * pairs * image_tflop(config, 50, 7.5))
+    # 2000 steps x batch 4 x accumulation 4 x 2 workers per expert; 7 experts; 4.8 TFLOP per pair.
+    assert training_pairs_per_expert(config) == 64_000
+    assert by_stage["training"].tflop == pytest.approx(7 * 64_000 * 4.8)
+    assert by_stage["training"].gpus == 14  # 7 concurrent experts x 2 workers x 1 GPU
+    assert by_stage["synthesis"].gpu_hours(0.3) == pytest.approx(2.31, abs=0.01)
+    assert by_stage["synthesis"].wall_hours(0.3) == pytest.approx(2.31 / 8, abs=0.01)
+    # Gradient checkpointing costs SD1.5's measured ratio; all_single trains 7x the steps.
+    checkpointed = load_config(repo / "configs" / "sd15.yaml", ["training.gradient_checkpointing=true"])
+    assert estimate(checkpointed)[1].tflop == pytest.approx(7 * 64_000 * 6.4)
+    both = load_config(repo / "configs" / "sd15.yaml", ["training.experts=both"])
+    assert estimate(both)[1].tflop == pytest.approx(14 * 64_000 * 4.8)
+
+
+def test_sizing_table_and_cli(repo, capsys):
+    config = load_config(repo / "configs" / "sdxl.yaml")
+    table = sizing_table(estimate(config), (0.3, 0.1), 989.0)
+    total = table.splitlines()[-1]
+    assert total.startswith("| **total**")
+    gpu_hours = float(total.split("|")[4])
+    assert gpu_hours == pytest.approx(sum(e.gpu_hours(0.3) for e in estimate(config)), abs=0.01)
+    assert main(["cluster", "size", "--config", str(repo / "configs/sd15.yaml"), "--mfu", "0.1"]) == 0
+    assert "GPU-h @ 10%" in capsys.readouterr().out
+    assert main(["cluster", "size", "--config", str(repo / "configs/toy.yaml")]) == 2
+    assert "model.family 'toy'" in capsys.readouterr().err
+
+
+def test_cpu_only_stage_has_no_wall_time(repo):
+    config = load_config(repo / "configs" / "sd15.yaml", ["resources.merge.num_gpus=0"])
+    merge = next(e for e in estimate(config) if e.stage == "merge")
+    assert math.isnan(merge.wall_hours(0.3)) and merge.gpu_hours(0.3) > 0
