@@ -40,7 +40,7 @@ case "$command" in
     ;;
   demo)
     setup
-    exec "$VENV/bin/alignguard" doctor "$@"
+    exec "$VENV/bin/alignguard" pipeline --config configs/toy.yaml "$@"
     ;;
   test)
     setup

@@ -97,11 +97,20 @@ def run_pipeline(config: ExperimentConfig, stages: tuple[str, ...] = STAGES, ech
 
 
 def toy_results(config: ExperimentConfig) -> dict:
-    """Base, each category's own expert and the merged LoRA on the toy report suite."""
+    """Base, each category's own expert and the merged LoRA on the toy report suite: read from
+    the evaluation's ``metrics.json`` when it holds them (the same suite, seeds, steps and
+    guidance, so the same numbers), else rendered here."""
     from alignguard.toyworld.report import compare_loras
     from alignguard.toyworld.store import load_toy_pipeline
 
     run = RunDir(config.run.output_dir)
+    wanted = {"base", "merged", *config.data.categories}
+    if run.exists("eval", "metrics.json"):
+        from alignguard.evaluation.stage import toy_report_results
+
+        results = toy_report_results(run.read_json("eval", "metrics.json"))
+        if wanted <= set(results):
+            return results
     loras = {c: run.path("experts", c, "pytorch_lora_weights.safetensors") for c in config.data.categories}
     loras["merged"] = run.path("merged", "pytorch_lora_weights.safetensors")
     return compare_loras(

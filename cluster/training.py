@@ -1,9 +1,13 @@
 """The expert fleet: one Ray Train run per expert, many at once, each on its own workers.
 
-Ray Tune schedules the experts (one trial per expert, ``max_concurrent_experts`` at a time);
-each trial builds and fits a ``TorchTrainer`` (Ray Train v2) whose workers run
-``cluster.expert_loop.train_loop`` with DeepSpeed. A failing expert fails its trial only; the
-others go on, and the summary says which failed. Each Train run has a stable name derived from
+The driver fits one ``TorchTrainer`` (Ray Train v2) per expert, ``max_concurrent_experts`` at a
+time from a thread pool; each trainer's controller and workers are Ray actors, so the experts run
+concurrently on the cluster while the driver threads only wait. The workers run
+``cluster.expert_loop.train_loop`` with DeepSpeed. A failing expert fails its own ``fit()`` only;
+the others go on, and the summary says which failed. (Ray Tune was the scheduler first; with
+Ray 2.60 a function trainable that forwards Train reports can deadlock on its final report —
+``FunctionTrainable`` blocked in ``Queue.put`` after the Train run had finished — so Tune is not
+used.) Each Train run has a stable name derived from
 the expert and the training config: rerunning the same command resumes an interrupted expert
 from its last checkpoint (said explicitly in the summary), skips finished experts (verified
 manifest), and never resumes a run of a different config.
@@ -11,13 +15,11 @@ manifest), and never resumes a run of a different config.
 
 from __future__ import annotations
 
-import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
-from ray import tune
 from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
-from ray.tune.integration.ray_train import TuneReportCallback
 
 from alignguard.config.schema import ExperimentConfig
 from alignguard.io import RunDir, stage_status
@@ -70,13 +72,6 @@ def build_trainer(
     )
 
 
-def _expert_trial(trial_config: dict) -> None:
-    """A Tune trial: fit one expert's TorchTrainer, forwarding its reports to Tune."""
-    config = ExperimentConfig.model_validate_json(trial_config["config"])
-    expert = ExpertSpec(**trial_config["expert"])
-    build_trainer(config, expert, callbacks=[TuneReportCallback()]).fit()
-
-
 @dataclass
 class ExpertOutcome:
     name: str
@@ -116,26 +111,23 @@ def run_fleet(config: ExperimentConfig) -> list[ExpertOutcome]:
     return [outcomes[e.name] for e in experts]
 
 
+def _fit(config: ExperimentConfig, expert: ExpertSpec) -> str | None:
+    """Fit one expert's trainer; its error message, or None."""
+    try:
+        build_trainer(config, expert).fit()
+    except Exception as exc:  # one expert's failure must not stop the others
+        cause = exc.__cause__ or exc
+        return f"{type(cause).__name__}: {str(cause).splitlines()[0][:300] if str(cause) else ''}"
+    return None
+
+
 def _run_trials(config: ExperimentConfig, pending: list[ExpertSpec]) -> dict[str, str]:
-    """Fit the pending experts as Tune trials; returns {expert: error message} for failures."""
-    by_name = {e.name: asdict(e) for e in pending}
-    tuner = tune.Tuner(
-        tune.with_resources(_expert_trial, {"CPU": 0.01}),  # the trial only waits; its workers hold resources
-        param_space={"config": config.model_dump_json(), "expert": tune.grid_search(list(by_name.values()))},
-        tune_config=tune.TuneConfig(max_concurrent_trials=config.resources.training.max_concurrent_experts),
-        run_config=tune.RunConfig(
-            name=f"fleet-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=RunDir(config.run.output_dir).url("experts", "_tune"),
-            verbose=1,
-        ),
-    )
-    results = tuner.fit()
-    errors = {}
-    for result in results:
-        name = result.config["expert"]["name"]
-        if result.error is not None:
-            errors[name] = f"{type(result.error).__name__}: {str(result.error).splitlines()[0][:300]}"
-    return errors
+    """Fit the pending experts concurrently; returns {expert: error message} for failures."""
+    workers = min(len(pending), config.resources.training.max_concurrent_experts)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="expert") as pool:
+        futures = {expert.name: pool.submit(_fit, config, expert) for expert in pending}
+        results = {name: future.result() for name, future in futures.items()}
+    return {name: error for name, error in results.items() if error is not None}
 
 
 def _has_checkpoints(config: ExperimentConfig, expert: ExpertSpec) -> bool:
