@@ -35,6 +35,8 @@ from alignguard.merge import (
     ActivationStats,
     LoraFile,
     MergeOptions,
+    RoutedLayer,
+    RoutedStats,
     lora_file_bytes,
     merge_experts,
     read_lora_bytes,
@@ -46,7 +48,7 @@ from alignguard.merge.synthetic import random_lora, sd15_attention_shapes
 
 LORA = "pytorch_lora_weights.safetensors"
 ROW_WEIGHTED = ("linear", "task_arithmetic", "concat", "co_merge_row")
-DENSE = ("ties", "dare_linear", "dare_ties", "magnitude_prune", "co_merge_element")
+DENSE = ("ties", "dare_linear", "dare_ties", "magnitude_prune", "co_merge_element", "co_merge_token")
 
 
 def options_for(label: str, **kwargs) -> MergeOptions:
@@ -67,7 +69,24 @@ def random_stats(experts: dict[str, LoraFile]) -> ActivationStats:
     )
 
 
-def merge_only(experts: dict[str, LoraFile], options: MergeOptions, stats: ActivationStats) -> None:
+def random_routed_stats(experts: dict[str, LoraFile]) -> RoutedStats:
+    """Token-wise Co-Merge's moments: a random SPD Gram matrix and a random cross term per layer."""
+    g = torch.Generator().manual_seed(0)
+    first = next(iter(experts.values()))
+    n, layers = len(experts), {}
+    for name, layer in first.layers.items():
+        out, inp = layer.shape
+        tokens = torch.randn(inp, 2 * inp, generator=g, dtype=torch.float64)
+        layers[name] = RoutedLayer(
+            gram=tokens @ tokens.T,
+            cross=torch.randn(out, inp, generator=g, dtype=torch.float64),
+            routed=torch.ones(n, dtype=torch.long),
+            tokens=2 * inp,
+        )
+    return RoutedStats(list(experts), 0.4, {name: torch.ones(n) for name in layers}, layers)
+
+
+def merge_only(experts: dict[str, LoraFile], options: MergeOptions, stats) -> None:
     """Everything the engine does per layer except the factorisation written to the file."""
     for index, name in enumerate(sorted(next(iter(experts.values())).layers)):
         layers = [e.layers[name] for e in experts.values()]
@@ -107,6 +126,7 @@ def timing(args: argparse.Namespace) -> None:
     shapes = sd15_attention_shapes()
     experts = {f"e{i}": random_lora(shapes, args.rank, float(args.rank), seed=i) for i in range(args.experts)}
     stats = random_stats(experts)
+    routed = random_routed_stats(experts)
     files = [lora_file_bytes({n: (x.up, x.down) for n, x in e.layers.items()}) for e in experts.values()]
     io_s = median_seconds(lambda: [read_lora_bytes(data) for data in files], args.repeats)
     weights = sum(out * inp for out, inp in shapes.values())
@@ -117,7 +137,10 @@ def timing(args: argparse.Namespace) -> None:
     figures: dict[str, dict[str, float]] = {}
     for label in (*ROW_WEIGHTED, *DENSE):
         options = options_for(label)
-        entry = {"merge_s": median_seconds(lambda o=options: merge_only(experts, o, stats), args.repeats)}
+        chosen = routed if options.routed else stats
+        entry = {
+            "merge_s": median_seconds(lambda o=options, c=chosen: merge_only(experts, o, c), args.repeats)
+        }
         if label in ROW_WEIGHTED:
             entry["exact_s"] = median_seconds(
                 lambda o=options: merge_experts(experts, o, stats), args.repeats
