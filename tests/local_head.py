@@ -93,7 +93,7 @@ class LocalHead:
 
     def pids(self) -> list[int]:
         """Our head's processes and all their descendants."""
-        table = _process_table()
+        table = process_table()
         roots = {pid for pid, (_, cmdline) in table.items() if self.temp_dir in cmdline}
         children: dict[int, list[int]] = {}
         for pid, (parent, _) in table.items():
@@ -119,7 +119,7 @@ class LocalHead:
         return pids
 
 
-def _process_table() -> dict[int, tuple[int, str]]:
+def process_table() -> dict[int, tuple[int, str]]:
     """pid -> (parent pid, command line) for every process we can read."""
     table = {}
     for proc in Path("/proc").iterdir():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 
 import ray
+from local_head import process_table
 
 
 def our_worker_pids(title_fragment: str) -> list[int]:
@@ -16,19 +16,11 @@ def our_worker_pids(title_fragment: str) -> list[int]:
     the same host (other sessions, other developers) out of reach.
     """
     raylets = {info.process.pid for info in ray._private.worker._global_node.all_processes["raylet"]}
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            status = (proc / "status").read_text()
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        parent = int(status.split("PPid:")[1].split()[0])
-        if parent in raylets and title_fragment in cmdline:
-            pids.append(int(proc.name))
-    return pids
+    return [
+        pid
+        for pid, (parent, cmdline) in process_table().items()
+        if parent in raylets and title_fragment in cmdline
+    ]
 
 
 def kill_workers(title_fragment: str) -> list[int]:

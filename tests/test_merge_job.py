@@ -71,7 +71,8 @@ def test_co_merge_without_a_calibration_source_fails_before_any_work(repo, tmp_p
     _write_toy_experts(tmp_path, config)
     overrides = [f"run.output_dir={tmp_path}", "data.categories=[hate]", "merge.calibration.source=synthesis"]
     assert main(["merge", "--config", str(repo / SMOKE), *overrides]) == 2
-    assert "merge.calibration.source='synthesis': no provider" in capsys.readouterr().err
+    assert "merge.calibration.source='synthesis': " in (err := capsys.readouterr().err)
+    assert "is not a complete synthesis stage; run `alignguard synthesize` first" in err
     assert not (tmp_path / MERGED_DIR).exists()
 
 

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 from alignguard.config import load_config
 from alignguard.io import RunDir
@@ -93,3 +94,27 @@ def test_a_killed_training_worker_resumes_from_its_checkpoint(synthesized, repo)
     assert result.status == "trained", result.error
     steps = _steps(run, "violence")
     assert steps == list(range(1, 41)), "every step exactly once after the restart"
+
+
+def test_the_synthesis_cache_is_a_calibration_set_for_co_merge(synthesized, repo):
+    """``merge.calibration.source=synthesis``: each category's seeded pairs (both sides, the
+    model's own renders) plus the empty prompt over safe images, straight from the cache."""
+    from alignguard.merge.providers import select_provider
+    from alignguard.synthesis.store import load_pair_cache
+    from alignguard.toyworld.store import load_toy_pipeline
+
+    run, overrides = synthesized
+    extra = ["merge.calibration.source=synthesis", "merge.calibration.prompts_per_category=3"]
+    config = _config(repo, overrides, *extra, "merge.calibration.benign_prompts=2")
+    source, provider = select_provider(config, RunDir(run))
+    assert source == "synthesis"
+    data = provider(config, load_toy_pipeline(), RunDir(run))
+    pairs = 3 * len(CATEGORIES)
+    assert len(data) == 2 * pairs + 2 and data.prompts[-2:] == ["", ""]
+    cache = load_pair_cache(RunDir(run).sub("synthesis"))
+    first = cache.pair_ids.index(data.prompts[0].removesuffix(":unsafe"))
+    assert torch.equal(data.latents[0], torch.from_numpy(cache.tensors["latents_unsafe"][first]))
+    assert torch.equal(data.latents[pairs], torch.from_numpy(cache.tensors["latents_safe"][first]))
+    assert torch.equal(data.encoder_hidden_states[-1], torch.from_numpy(cache.empty["text"][0]))
+    assert torch.equal(provider(config, load_toy_pipeline(), RunDir(run)).latents, data.latents)  # seeded
+    assert data.added_cond_kwargs is None  # SD layout: no pooled embeddings

@@ -203,6 +203,28 @@ def expert_hooks(unet: torch.nn.Module, expert: LoraFile) -> Iterator[dict[str, 
 
 
 @torch.no_grad()
+def _run_batches(
+    unet: torch.nn.Module,
+    data: CalibrationData,
+    inputs: NoisedInputs,
+    batch_size: int,
+    on_batch: Callable[[int], None] | None,
+) -> None:
+    """The UNet over every noised input, in batches (hooks do the recording)."""
+    device, dtype = unet.device, unet.dtype
+    for start in range(0, len(inputs.timesteps), batch_size):
+        rows = inputs.source[start : start + batch_size]
+        added = {k: v[rows].to(device, dtype) for k, v in (data.added_cond_kwargs or {}).items()}
+        unet(
+            inputs.noisy[start : start + batch_size].to(device, dtype),
+            inputs.timesteps[start : start + batch_size].to(device),
+            encoder_hidden_states=data.encoder_hidden_states[rows].to(device, dtype),
+            added_cond_kwargs=added or None,
+        )
+        if on_batch is not None:
+            on_batch(len(rows))
+
+
 def expert_pass(
     unet: torch.nn.Module,
     expert: LoraFile,
@@ -212,19 +234,8 @@ def expert_pass(
     on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, LayerStats]:
     """Run the base UNet with ``expert`` applied by hooks over all ``inputs``; per-layer sums."""
-    device, dtype = unet.device, unet.dtype
     with expert_hooks(unet, expert) as stats:
-        for start in range(0, len(inputs.timesteps), batch_size):
-            rows = inputs.source[start : start + batch_size]
-            added = {k: v[rows].to(device, dtype) for k, v in (data.added_cond_kwargs or {}).items()}
-            unet(
-                inputs.noisy[start : start + batch_size].to(device, dtype),
-                inputs.timesteps[start : start + batch_size].to(device),
-                encoder_hidden_states=data.encoder_hidden_states[rows].to(device, dtype),
-                added_cond_kwargs=added or None,
-            )
-            if on_batch is not None:
-                on_batch(len(rows))
+        _run_batches(unet, data, inputs, batch_size, on_batch)
     return stats
 
 
@@ -318,7 +329,6 @@ def _routed_hook(downs, ups, floor: torch.Tensor, layer: RoutedLayer) -> Callabl
     return hook
 
 
-@torch.no_grad()
 def _run_with_hooks(
     unet: torch.nn.Module,
     hooks: Mapping[str, Callable],
@@ -328,19 +338,8 @@ def _run_with_hooks(
     on_batch: Callable[[int], None] | None,
 ) -> None:
     handles = [unet.get_submodule(name).register_forward_hook(hook) for name, hook in hooks.items()]
-    device, dtype = unet.device, unet.dtype
     try:
-        for start in range(0, len(inputs.timesteps), batch_size):
-            rows = inputs.source[start : start + batch_size]
-            added = {k: v[rows].to(device, dtype) for k, v in (data.added_cond_kwargs or {}).items()}
-            unet(
-                inputs.noisy[start : start + batch_size].to(device, dtype),
-                inputs.timesteps[start : start + batch_size].to(device),
-                encoder_hidden_states=data.encoder_hidden_states[rows].to(device, dtype),
-                added_cond_kwargs=added or None,
-            )
-            if on_batch is not None:
-                on_batch(len(rows))
+        _run_batches(unet, data, inputs, batch_size, on_batch)
     finally:
         for handle in handles:
             handle.remove()

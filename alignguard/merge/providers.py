@@ -7,10 +7,13 @@ Providers are chosen by ``merge.calibration.source``:
   (rendered by :func:`alignguard.toyworld.world.render` at a seeded layout), VAE-encoded
   (posterior mean × scaling factor) and text-encoded with the pipeline's own encoder. Needs no
   synthesis output.
-- ``synthesis``: the synthesis stage's cached latents and text embeddings. Its reader arrives
-  with the synthesis stage; it registers itself with :func:`register_provider`.
-- ``auto``: ``synthesis`` when a provider is registered and ``<run>/synthesis`` is complete,
-  else ``toyworld`` for the toy model; otherwise an error that says what to do.
+- ``synthesis``: the synthesis stage's training cache — the model's own renders of
+  ``prompts_per_category`` seeded pairs of every category (VAE latents of both images, text
+  embeddings of both prompts; SDXL's pooled embeddings and time ids), plus up to
+  ``benign_prompts`` rows of the empty prompt (classifier-free guidance's unconditional input)
+  over safe images. CoProV2 has no benign prompts: the empty prompt stands for them.
+- ``auto``: ``toyworld`` for the toy model (ground-truth scenes and benign prompts), else
+  ``synthesis`` when ``<run>/synthesis`` is complete; otherwise an error that says what to do.
 """
 
 from __future__ import annotations
@@ -41,16 +44,21 @@ def select_provider(config: ExperimentConfig, run: RunDir) -> tuple[str, Provide
     """The provider ``merge.calibration.source`` names (resolving ``auto``)."""
     source = config.merge.calibration.source
     if source == "auto":
-        if "synthesis" in _PROVIDERS and stage_status(run.sub("synthesis"), verify_hashes=False).complete:
-            source = "synthesis"
-        elif config.model.family == "toy":
+        if config.model.family == "toy":
             source = "toyworld"
+        elif stage_status(run.sub("synthesis"), verify_hashes=False).complete:
+            source = "synthesis"
         else:
             raise CalibrationUnavailable(
                 "merge.calibration.source=auto: no calibration set for model.family="
-                f"{config.model.family!r} (needs a complete synthesis stage and its reader); "
-                "set merge.calibration.source, or use a merge strategy without calibration"
+                f"{config.model.family!r} (needs a complete synthesis stage: run `alignguard synthesize` "
+                "first), or use a merge strategy without calibration"
             )
+    if source == "synthesis" and not stage_status(run.sub("synthesis"), verify_hashes=False).complete:
+        raise CalibrationUnavailable(
+            f"merge.calibration.source='synthesis': {run.sub('synthesis').uri} is not a complete "
+            "synthesis stage; run `alignguard synthesize` first"
+        )
     if source not in _PROVIDERS:
         raise CalibrationUnavailable(
             f"merge.calibration.source={source!r}: no provider is available (available: {sorted(_PROVIDERS)})"
@@ -146,3 +154,52 @@ def toyworld_provider(config: ExperimentConfig, pipe: DiffusionPipeline, run: Ru
 
 
 register_provider("toyworld", toyworld_provider)
+
+
+def synthesis_provider(config: ExperimentConfig, pipe: DiffusionPipeline, run: RunDir) -> CalibrationData:
+    from alignguard.synthesis.store import load_pair_cache
+
+    calibration = config.merge.calibration
+    stage = run.sub("synthesis")
+    if not stage_status(stage, verify_hashes=False).complete:
+        raise CalibrationUnavailable(
+            f"merge.calibration.source='synthesis': {stage.uri} is not a complete synthesis stage; "
+            "run `alignguard synthesize` first"
+        )
+    try:
+        cache = load_pair_cache(stage)
+    except FileNotFoundError as exc:
+        raise CalibrationUnavailable(f"merge.calibration.source='synthesis': {exc}") from None
+    rng = np.random.default_rng(calibration.seed)
+    rows: list[int] = []
+    for category in config.data.categories:
+        members = [i for i, labels in enumerate(cache.categories) if category in labels]
+        if not members:
+            raise CalibrationUnavailable(f"the synthesis cache of {stage.uri} has no pair of {category!r}")
+        count = min(calibration.prompts_per_category, len(members))
+        rows += sorted(int(i) for i in rng.choice(members, size=count, replace=False))
+    index = np.asarray(rows, dtype=np.int64)
+    empty_rows = index[: min(calibration.benign_prompts, len(index))]
+    t = cache.tensors
+
+    def stacked(unsafe: np.ndarray, safe: np.ndarray, empty: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.concatenate([unsafe[index], safe[index], empty]))
+
+    latents = stacked(t["latents_unsafe"], t["latents_safe"], t["latents_safe"][empty_rows])
+    empty_text = np.repeat(cache.empty["text"], len(empty_rows), axis=0)
+    text = stacked(t["text_unsafe"], t["text_safe"], empty_text)
+    added = None
+    if "pooled_unsafe" in t:  # SDXL
+        empty_pooled = np.repeat(cache.empty["pooled"], len(empty_rows), axis=0)
+        added = {
+            "text_embeds": stacked(t["pooled_unsafe"], t["pooled_safe"], empty_pooled),
+            "time_ids": stacked(t["time_ids"], t["time_ids"], t["time_ids"][empty_rows]),
+        }
+    ids = [cache.pair_ids[i] for i in rows]
+    prompts = [f"{i}:unsafe" for i in ids] + [f"{i}:safe" for i in ids] + [""] * len(empty_rows)
+    return CalibrationData(
+        latents=latents, encoder_hidden_states=text, added_cond_kwargs=added, prompts=prompts
+    )
+
+
+register_provider("synthesis", synthesis_provider)
