@@ -130,3 +130,13 @@ def test_missing_cloud_driver_is_a_clear_error():
         pass
     with pytest.raises(StorageError, match=r"alignguard\[cloud\]"):
         RunDir("gs://bucket/run")
+
+
+def test_atomic_writes_get_the_mode_a_plain_open_would(tmp_path):
+    import os
+
+    from alignguard.io import RunDir
+
+    RunDir(str(tmp_path)).write_bytes("a/b.bin", b"x")
+    (tmp_path / "plain.bin").write_bytes(b"x")
+    assert os.stat(tmp_path / "a/b.bin").st_mode & 0o777 == os.stat(tmp_path / "plain.bin").st_mode & 0o777

@@ -109,7 +109,7 @@ def test_the_synthesis_cache_is_a_calibration_set_for_co_merge(synthesized, repo
     source, provider = select_provider(config, RunDir(run))
     assert source == "synthesis"
     data = provider(config, load_toy_pipeline(), RunDir(run))
-    pairs = 3 * len(CATEGORIES)
+    pairs = 3 * len(config.data.categories)
     assert len(data) == 2 * pairs + 2 and data.prompts[-2:] == ["", ""]
     cache = load_pair_cache(RunDir(run).sub("synthesis"))
     first = cache.pair_ids.index(data.prompts[0].removesuffix(":unsafe"))

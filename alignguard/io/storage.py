@@ -140,6 +140,17 @@ class RunDir:
             yield tmp
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600 files; a run directory is shared (Serve replicas, other users): give the
+# file the mode a plain open() would, 0666 minus the process umask.
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def _atomic_local_write(target: str, data: bytes) -> None:
     directory = os.path.dirname(target) or "."
     os.makedirs(directory, exist_ok=True)
@@ -149,6 +160,7 @@ def _atomic_local_write(target: str, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
