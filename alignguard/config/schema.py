@@ -186,10 +186,8 @@ class CalibrationSection(Section):
     batch_size: PositiveInt = 32
 
 
-MergeBaseline = Literal[
-    "co_merge_element",
-    "co_merge_row",
-    "co_merge_token",
+# The merge rules besides Co-Merge; alignguard.merge.strategies takes its names from here.
+MergeRule = Literal[
     "linear",
     "task_arithmetic",
     "ties",
@@ -198,22 +196,16 @@ MergeBaseline = Literal[
     "magnitude_prune",
     "concat",
 ]
+MergeStrategy = Literal["co_merge", MergeRule]  # nested Literals flatten
+CoMergeGranularity = Literal["token", "element", "row"]
+MergeBaseline = Literal["co_merge_element", "co_merge_row", "co_merge_token", MergeRule]
 
 
 class MergeSection(Section):
     """Merging the category experts into one LoRA."""
 
-    strategy: Literal[
-        "co_merge",
-        "linear",
-        "task_arithmetic",
-        "ties",
-        "dare_linear",
-        "dare_ties",
-        "magnitude_prune",
-        "concat",
-    ] = "co_merge"
-    granularity: Literal["element", "row", "token"] = Field(
+    strategy: MergeStrategy = "co_merge"
+    granularity: CoMergeGranularity = Field(
         "token",
         description="co_merge: winner per input token (least-squares fit), weight entry, or output row",
     )

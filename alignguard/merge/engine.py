@@ -19,9 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import get_args
 
 import torch
 
+from alignguard.config.schema import CoMergeGranularity
 from alignguard.merge import comerge
 from alignguard.merge.calibration import ActivationStats, RoutedStats
 from alignguard.merge.diagnostics import LayerDiagnostics, layer_diagnostics, summarize
@@ -33,7 +35,7 @@ from alignguard.merge.strategies import ROW_WEIGHTED, STRATEGIES, merge_block, r
 BLOCK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 24}
 
 
-GRANULARITIES = ("element", "row", "token")
+GRANULARITIES: tuple[str, ...] = get_args(CoMergeGranularity)
 Stats = ActivationStats | RoutedStats
 
 

@@ -24,21 +24,13 @@ which is several times faster on 1280×1280 matrices.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import get_args
 
 import torch
 
-Strategy = Literal[
-    "co_merge",
-    "linear",
-    "task_arithmetic",
-    "ties",
-    "dare_linear",
-    "dare_ties",
-    "magnitude_prune",
-    "concat",
-]
-STRATEGIES: tuple[str, ...] = Strategy.__args__  # type: ignore[attr-defined]
+from alignguard.config.schema import MergeStrategy
+
+STRATEGIES: tuple[str, ...] = get_args(MergeStrategy)
 # Rules whose result is Σ_i diag(w_i)·ΔW_i (row weights), so it factorises exactly at the
 # concatenated rank; the rest produce arbitrary matrices that need an SVD.
 ROW_WEIGHTED = ("linear", "task_arithmetic", "concat")
