@@ -92,20 +92,22 @@ def run_pipeline(config: ExperimentConfig, stages: tuple[str, ...] = STAGES, ech
         summary.notes[stage] = lines
         echo("\n".join(lines))
     if config.model.family == "toy" and "merge" in stages:
-        summary.results = toy_results(config)
+        summary.results = toy_results(config, from_evaluation="evaluation" in stages)
     return summary
 
 
-def toy_results(config: ExperimentConfig) -> dict:
-    """Base, each category's own expert and the merged LoRA on the toy report suite: read from
-    the evaluation's ``metrics.json`` when it holds them (the same suite, seeds, steps and
-    guidance, so the same numbers), else rendered here."""
+def toy_results(config: ExperimentConfig, from_evaluation: bool = False) -> dict:
+    """Base, each category's own expert and the merged LoRA on the toy report suite. With
+    ``from_evaluation`` (the evaluation stage has just run, or verified itself complete, for
+    these very LoRAs) they are read from its ``metrics.json``: the same suite, seeds, steps and
+    guidance, so the same numbers. Otherwise — an older ``eval/`` may describe other LoRAs —
+    they are rendered here."""
     from alignguard.toyworld.report import compare_loras
     from alignguard.toyworld.store import load_toy_pipeline
 
     run = RunDir(config.run.output_dir)
     wanted = {"base", "merged", *config.data.categories}
-    if run.exists("eval", "metrics.json"):
+    if from_evaluation and run.exists("eval", "metrics.json"):
         from alignguard.evaluation.stage import toy_report_results
 
         results = toy_report_results(run.read_json("eval", "metrics.json"))

@@ -58,6 +58,23 @@ def check_pipeline(run: Path, logs: str) -> None:
         status = stage_status(RunDir(str(run)).sub(*name.split("/")), verify_hashes=True)
         assert status.complete, f"{name}: {status}"
     assert "IP base" in logs and "report: " in logs and "wall time per stage: synthesis" in logs
+    # The printed table is the evaluation's numbers: base draws every harm, the rest as measured.
+    from alignguard.evaluation.stage import toy_report_results
+
+    measured = toy_report_results(json.loads((run / "eval" / "metrics.json").read_text()))
+    printed = 0.0051  # the table prints 2 decimals: at most half a unit off, plus float error
+    rows = {}
+    for line in logs.splitlines():
+        fields = line.split()
+        if len(fields) == 5 and fields[0] in config.data.categories:
+            rows[fields[0]] = [float(value) for value in fields[1:]]
+    assert set(rows) == set(config.data.categories), logs[-3000:]
+    for category, (base, expert, merged, kept) in rows.items():
+        assert base >= 0.9
+        assert base == pytest.approx(measured["base"]["categories"][category]["unsafe_ip"], abs=printed)
+        assert expert == pytest.approx(measured[category]["categories"][category]["unsafe_ip"], abs=printed)
+        assert merged == pytest.approx(measured["merged"]["categories"][category]["unsafe_ip"], abs=printed)
+        assert kept == pytest.approx(measured["merged"]["categories"][category]["preserved"], abs=printed)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,10 @@ def _write_toy_experts(run_dir, config) -> int:
         ("merge.baselines=[ties, ties]", "lists a baseline twice"),
         ("merge.calibration.source=cache", "merge.calibration.source"),
         ("merge.scale=0", "merge.scale"),
+        ("merge.threshold=1", "merge.threshold"),
+        ("merge.ridge=0", "merge.ridge"),
+        ("merge.granularity=column", "merge.granularity"),
+        ("merge.calibration.benign_prompts=-1", "merge.calibration.benign_prompts"),
     ],
 )
 def test_invalid_merge_config_names_the_key(repo, override, message):
