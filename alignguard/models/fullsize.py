@@ -19,7 +19,7 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from alignguard.models.tiny import TINY_WORDS
 from alignguard.models.tokenizer import write_word_tokenizer
@@ -53,9 +53,15 @@ def _sd_vae() -> AutoencoderKL:
     )
 
 
+def _word_tokenizer() -> CLIPTokenizer:
+    """A 77-token word-level tokenizer; its files go to a temporary directory, removed once read."""
+    with tempfile.TemporaryDirectory(prefix="alignguard-tokenizer-") as scratch:
+        return write_word_tokenizer(TINY_WORDS, scratch, max_length=77)
+
+
 def random_sd15_pipeline(dtype: torch.dtype = torch.float32) -> StableDiffusionPipeline:
     """SD1.5's architecture (UNet, VAE, CLIP ViT-L/14 text encoder) with random weights."""
-    tokenizer = write_word_tokenizer(TINY_WORDS, tempfile.mkdtemp(prefix="sd15-tokenizer-"), max_length=77)
+    tokenizer = _word_tokenizer()
     unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
     return StableDiffusionPipeline(
         vae=_sd_vae(),
@@ -78,7 +84,7 @@ def random_sd15_pipeline(dtype: torch.dtype = torch.float32) -> StableDiffusionP
 
 def random_sdxl_pipeline(dtype: torch.dtype = torch.float32) -> StableDiffusionXLPipeline:
     """SDXL base's architecture with random weights (two text encoders, text_time conditioning)."""
-    tokenizer = write_word_tokenizer(TINY_WORDS, tempfile.mkdtemp(prefix="sdxl-tokenizer-"), max_length=77)
+    tokenizer = _word_tokenizer()
     unet = UNet2DConditionModel(
         sample_size=128,
         cross_attention_dim=2048,

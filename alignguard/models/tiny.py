@@ -34,9 +34,11 @@ TINY_HIDDEN = 32
 
 
 def tiny_tokenizer(directory: str | Path | None = None) -> CLIPTokenizer:
-    """A word-level CLIP tokenizer over :data:`TINY_WORDS` (written to a temp dir by default)."""
+    """A word-level CLIP tokenizer over :data:`TINY_WORDS`, written to ``directory`` (by default a
+    temporary one, removed once the tokenizer has read its files: it keeps them in memory)."""
     if directory is None:
-        directory = tempfile.mkdtemp(prefix="alignguard-tiny-tokenizer-")
+        with tempfile.TemporaryDirectory(prefix="alignguard-tiny-tokenizer-") as scratch:
+            return write_word_tokenizer(TINY_WORDS, scratch, max_length=TINY_MAX_LENGTH)
     return write_word_tokenizer(TINY_WORDS, directory, max_length=TINY_MAX_LENGTH)
 
 
