@@ -252,7 +252,7 @@ def _publish(state: _State, config, expert: ExpertSpec, history: list, seconds: 
     """Rank 0: the expert's diffusers-format LoRA, metrics and manifest (written last)."""
     from alignguard.io import Manifest, RunDir, describe_outputs, write_manifest
     from alignguard.lora import save_lora
-    from alignguard.synthesis.stage import TRAINING_SECTIONS, stage_config, stage_config_hash
+    from alignguard.synthesis.stage import expert_config_hash, expert_stage_config
 
     stage = RunDir(config.run.output_dir).sub("experts", expert.name)
     with tempfile.TemporaryDirectory() as staging:
@@ -276,8 +276,8 @@ def _publish(state: _State, config, expert: ExpertSpec, history: list, seconds: 
         stage,
         Manifest(
             stage=f"experts/{expert.name}",
-            config=stage_config(config, TRAINING_SECTIONS),
-            config_hash=stage_config_hash(config, TRAINING_SECTIONS),
+            config=expert_stage_config(config),
+            config_hash=expert_config_hash(config),
             outputs=describe_outputs(
                 stage,
                 [

@@ -23,7 +23,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from alignguard.config.schema import ExperimentConfig
 from alignguard.io import RunDir, stage_status
-from alignguard.synthesis.stage import TRAINING_SECTIONS, stage_config_hash
+from alignguard.synthesis.stage import expert_config_hash
 from cluster.expert_loop import ExpertSpec, train_loop
 from cluster.runtime import init_ray
 
@@ -42,7 +42,7 @@ def plan_experts(config: ExperimentConfig) -> list[ExpertSpec]:
 
 
 def training_hash(config: ExperimentConfig) -> str:
-    return stage_config_hash(config, TRAINING_SECTIONS)
+    return expert_config_hash(config)
 
 
 def run_name(config: ExperimentConfig, expert: ExpertSpec) -> str:

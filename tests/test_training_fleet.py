@@ -118,3 +118,13 @@ def test_the_synthesis_cache_is_a_calibration_set_for_co_merge(synthesized, repo
     assert torch.equal(data.encoder_hidden_states[-1], torch.from_numpy(cache.empty["text"][0]))
     assert torch.equal(provider(config, load_toy_pipeline(), RunDir(run)).latents, data.latents)  # seeded
     assert data.added_cond_kwargs is None  # SD layout: no pooled embeddings
+
+
+def test_adding_all_single_keeps_the_category_experts_key(repo):
+    fleet = load_config(repo / "configs/toy-smoke.yaml")
+    both = load_config(repo / "configs/toy-smoke.yaml", ["training.experts=both"])
+    other = load_config(repo / "configs/toy-smoke.yaml", ["training.steps=21"])
+    hate = next(e for e in plan_experts(fleet) if e.name == "hate")
+    assert run_name(both, hate) == run_name(fleet, hate)  # a finished fleet is not retrained
+    assert run_name(other, hate) != run_name(fleet, hate)  # but a training setting is in the key
+    assert [e.name for e in plan_experts(both)][-1] == "all_single"

@@ -24,3 +24,16 @@ def stage_config(config: ExperimentConfig, sections: tuple[str, ...] = SYNTHESIS
 def stage_config_hash(config: ExperimentConfig, sections: tuple[str, ...] = SYNTHESIS_SECTIONS) -> str:
     canonical = json.dumps(stage_config(config, sections), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def expert_stage_config(config: ExperimentConfig) -> dict:
+    """What one expert depends on: the training sections without ``training.experts`` (which
+    experts to train), so adding ``all_single`` to a finished fleet does not retrain it."""
+    stage = stage_config(config, TRAINING_SECTIONS)
+    stage["training"].pop("experts")
+    return stage
+
+
+def expert_config_hash(config: ExperimentConfig) -> str:
+    canonical = json.dumps(expert_stage_config(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
