@@ -130,22 +130,31 @@ def test_routed_statistics_are_the_exact_moments_of_the_routed_tokens(tiny):
     from alignguard.merge import collect_routed_stats
 
     pipe, experts, data = tiny
-    stats = collect_routed_stats(pipe.unet, experts, data, timesteps_per_sample=2, seed=0, threshold=0.5)
     # Cross-attention keys read the text embeddings (twice: two timesteps): moments known exactly.
     text = data.encoder_hidden_states.reshape(-1, 32).double()
     deltas = torch.stack([e.layers[CROSS_K].delta() for e in experts.values()]).double()
-    activation = torch.einsum("noi,ti->nto", deltas, text).norm(dim=-1)
-    torch.testing.assert_close(stats.peaks[CROSS_K], activation.amax(dim=1).float(), rtol=1e-4, atol=1e-5)
-    best, winner = activation.max(dim=0)
-    routed = best >= 0.5 * activation.amax(dim=1)[winner]
-    chosen = torch.stack([deltas[w] @ x for w, x in zip(winner.tolist(), text, strict=True)])
-    chosen = chosen * routed[:, None]
-    layer = stats.layers[CROSS_K]
-    torch.testing.assert_close(layer.gram, 2 * text.T @ text, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(layer.cross, 2 * chosen.T @ text, rtol=1e-4, atol=1e-4)
-    assert layer.routed.tolist() == (2 * torch.bincount(winner[routed], minlength=2)).tolist()
-    assert 0 < layer.unrouted_fraction < 1 and layer.tokens == 2 * text.shape[0]
+    outputs = torch.einsum("noi,ti->nto", deltas, text)  # [n, T, out]
+    activation = outputs.norm(dim=-1)
+    active = activation >= 0.5 * activation.amax(dim=1, keepdim=True)  # [n, T]
+    winner = activation.argmax(dim=0)
+    winner_only = torch.nn.functional.one_hot(winner, 2).T.bool() & active
+    assert (active.sum(dim=0) == 2).any() and (active.sum(dim=0) == 0).any()  # both cases occur
+    for routing, mask in (("active", active), ("winner", winner_only)):
+        stats = collect_routed_stats(
+            pipe.unet, experts, data, timesteps_per_sample=2, seed=0, threshold=0.5, routing=routing
+        )
+        torch.testing.assert_close(stats.peaks[CROSS_K], activation.amax(dim=1).float(), rtol=1e-4, atol=1e-5)
+        routed = (outputs * mask[:, :, None]).sum(dim=0)  # active: both outputs add up where both are on
+        layer = stats.layers[CROSS_K]
+        assert stats.routing == routing
+        torch.testing.assert_close(layer.gram, 2 * text.T @ text, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(layer.cross, 2 * routed.T @ text, rtol=1e-4, atol=1e-4)
+        assert layer.routed.tolist() == (2 * mask.sum(dim=1)).tolist()
+        assert layer.unrouted == 2 * int((mask.sum(dim=0) == 0).sum()) and layer.tokens == 2 * text.shape[0]
+        assert 0 < layer.unrouted_fraction < 1
     everything = collect_routed_stats(pipe.unet, experts, data, timesteps_per_sample=2, seed=0, threshold=0.0)
     assert everything.layers[CROSS_K].unrouted_fraction == 0.0
     with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\)"):
         collect_routed_stats(pipe.unet, experts, data, timesteps_per_sample=1, seed=0, threshold=1.0)
+    with pytest.raises(ValueError, match="routing must be one of"):
+        collect_routed_stats(pipe.unet, experts, data, 1, seed=0, threshold=0.5, routing="x")

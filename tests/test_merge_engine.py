@@ -231,12 +231,16 @@ def _routed_moments(experts: dict[str, LoraFile], name: str, tokens: torch.Tenso
     peaks = activation.amax(dim=1)
     cross = torch.zeros_like(deltas[0])
     routed = torch.zeros(len(experts), dtype=torch.long)
-    for t in range(x.shape[0]):
+    unrouted = 0
+    for t in range(x.shape[0]):  # routing "winner" (the default)
         winner = int(activation[:, t].argmax())
         if activation[winner, t] >= threshold * peaks[winner]:
             cross += torch.outer(deltas[winner] @ x[t], x[t])
             routed[winner] += 1
-    return peaks, RoutedLayer(gram=x.T @ x, cross=cross, routed=routed, tokens=x.shape[0])
+        else:
+            unrouted += 1
+    layer = RoutedLayer(gram=x.T @ x, cross=cross, routed=routed, unrouted=unrouted, tokens=x.shape[0])
+    return peaks, layer
 
 
 def _experts_on_separate_directions() -> tuple[dict[str, LoraFile], dict[str, torch.Tensor]]:

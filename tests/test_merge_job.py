@@ -40,6 +40,7 @@ def _write_toy_experts(run_dir, config) -> int:
         ("merge.threshold=1", "merge.threshold"),
         ("merge.ridge=0", "merge.ridge"),
         ("merge.granularity=column", "merge.granularity"),
+        ("merge.routing=all", "merge.routing"),
         ("merge.calibration.benign_prompts=-1", "merge.calibration.benign_prompts"),
     ],
 )

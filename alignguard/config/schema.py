@@ -198,6 +198,7 @@ MergeRule = Literal[
 ]
 MergeStrategy = Literal["co_merge", MergeRule]  # nested Literals flatten
 CoMergeGranularity = Literal["token", "element", "row"]
+CoMergeRouting = Literal["winner", "active"]
 MergeBaseline = Literal["co_merge_element", "co_merge_row", "co_merge_token", MergeRule]
 
 
@@ -211,7 +212,11 @@ class MergeSection(Section):
     )
     threshold: Annotated[float, Field(ge=0, lt=1)] = Field(
         0.4,
-        description="token-wise co_merge: a token goes to its most active expert only at ≥ this × its peak",
+        description="token-wise co_merge: an expert is active on a token at ≥ this × its peak activation",
+    )
+    routing: CoMergeRouting = Field(
+        "winner",
+        description="token-wise co_merge: a token takes its top active expert, or the sum of its active ones",
     )
     ridge: PositiveFloat = Field(
         1e-3, description="token-wise co_merge: ridge of the least-squares fit, × tr(G)/d"

@@ -15,10 +15,12 @@ calibration set includes the empty prompt, which is what the unconditional branc
 
 Token-wise Co-Merge (:func:`collect_routed_stats`) needs second moments instead: two passes in
 which every expert's update is computed on the same tokens. Pass 1 (base UNet, nothing added)
-records each expert's peak activation max_x ‖ΔW_i x‖ per layer; pass 2 routes every token to its
-most active expert when that expert's activation reaches ``threshold`` × its peak, adds that
-expert's output (the routed model) and accumulates G = Σ x xᵀ and C = Σ (ΔW_w(x) x) xᵀ per
-layer, from which :func:`alignguard.merge.comerge.routed_least_squares` solves the merged ΔW.
+records each expert's peak activation max_x ‖ΔW_i x‖ per layer; pass 2 calls expert i *active*
+on a token when its activation reaches ``threshold`` × its peak, routes the token (``routing``
+``winner``: to the most active expert only, when it is active; ``active``: to every active
+expert, whose outputs add up), adds the routed output (the routed model) and accumulates G = Σ x xᵀ
+and C = Σ (y(x)) xᵀ per layer, y(x) being the routed output, from which
+:func:`alignguard.merge.comerge.routed_least_squares` solves the merged ΔW.
 """
 
 from __future__ import annotations
@@ -26,11 +28,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import get_args
 
 import torch
 from diffusers import DDPMScheduler
 
+from alignguard.config.schema import CoMergeRouting
 from alignguard.merge.lora_file import LoraFile, LoraLayer
+
+ROUTINGS: tuple[str, ...] = get_args(CoMergeRouting)
 
 
 class LayerMismatchError(ValueError):
@@ -100,23 +106,26 @@ class ActivationStats:
 class RoutedLayer:
     """Second moments of one layer's tokens in the routed pass (float64).
 
-    ``gram [in, in]`` = Σ x xᵀ over all tokens, ``cross [out, in]`` = Σ (ΔW_w(x) x) xᵀ over
-    routed tokens, ``routed [n]`` tokens routed to each expert, ``tokens`` all tokens."""
+    ``gram [in, in]`` = Σ x xᵀ over all tokens, ``cross [out, in]`` = Σ y(x) xᵀ over routed
+    tokens (y: the routed output), ``routed [n]`` tokens routed to each expert (a token routed to
+    two active experts counts for both), ``unrouted`` tokens routed to none, ``tokens`` all."""
 
     gram: torch.Tensor
     cross: torch.Tensor
     routed: torch.Tensor
+    unrouted: int = 0
     tokens: int = 0
 
     @property
     def routed_share(self) -> list[float]:
-        """Share of the routed tokens each expert won (all zeros when none was routed)."""
+        """Each expert's share of the (token, expert) routes (all zeros when none was routed)."""
         total = float(self.routed.sum())
         return [float(c) / total if total else 0.0 for c in self.routed]
 
     @property
     def unrouted_fraction(self) -> float:
-        return 1.0 - float(self.routed.sum()) / max(self.tokens, 1)
+        """Share of the tokens left to the base model."""
+        return self.unrouted / max(self.tokens, 1)
 
 
 @dataclass(frozen=True)
@@ -128,6 +137,7 @@ class RoutedStats:
     threshold: float
     peaks: dict[str, torch.Tensor]
     layers: dict[str, RoutedLayer]
+    routing: str = "winner"
 
     def tensors(self) -> dict[str, torch.Tensor]:
         flat = {f"peak/{k}": v for k, v in self.peaks.items()}
@@ -310,21 +320,33 @@ def _peak_hook(downs, ups, peak: torch.Tensor) -> Callable:
     return hook
 
 
-def _routed_hook(downs, ups, floor: torch.Tensor, layer: RoutedLayer) -> Callable:
+def route_tokens(activation: torch.Tensor, floor: torch.Tensor, routing: str) -> torch.Tensor:
+    """Routing mask ``[n, T]`` (float 0/1) from activations ‖ΔW_i x‖ ``[n, T]`` and each expert's
+    floor (τ × its peak) ``[n]``: ``active`` keeps every expert at or above its floor, ``winner``
+    only the most active expert (ties to the lowest index), and only when it is at its floor."""
+    active = activation >= floor[:, None]
+    if routing == "active":
+        return active.to(activation.dtype)
+    if routing != "winner":
+        raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
+    winner = activation.argmax(dim=0)
+    one_hot = torch.nn.functional.one_hot(winner, activation.shape[0]).T.bool()
+    return (one_hot & active).to(activation.dtype)
+
+
+def _routed_hook(downs, ups, floor: torch.Tensor, layer: RoutedLayer, routing: str) -> Callable:
     def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         x = args[0].detach().to(torch.float32).reshape(-1, downs.shape[2])
         outputs = _expert_outputs(x, downs, ups)  # [n, T, out]
-        activation = outputs.norm(dim=-1)  # [n, T]
-        best, winner = activation.max(dim=0)
-        routed = best >= floor[winner]
-        chosen = outputs.gather(0, winner[None, :, None].expand(1, -1, outputs.shape[2]))[0]
-        chosen = chosen * routed[:, None]
+        mask = route_tokens(outputs.norm(dim=-1), floor, routing)  # [n, T]
+        routed = (outputs * mask[:, :, None]).sum(dim=0)  # [T, out]
         x64 = x.double()
         layer.gram += x64.T @ x64
-        layer.cross += chosen.double().T @ x64
-        layer.routed += torch.bincount(winner[routed], minlength=len(floor)).to(layer.routed)
+        layer.cross += routed.double().T @ x64
+        layer.routed += mask.sum(dim=1).to(layer.routed)
+        layer.unrouted += int((mask.sum(dim=0) == 0).sum())
         layer.tokens += x.shape[0]
-        return output + chosen.reshape(output.shape).to(output.dtype)
+        return output + routed.reshape(output.shape).to(output.dtype)
 
     return hook
 
@@ -355,6 +377,7 @@ def collect_routed_stats(
     batch_size: int = 32,
     scheduler_config: Mapping | None = None,
     on_batch: Callable[[int], None] | None = None,
+    routing: str = "winner",
 ) -> RoutedStats:
     """Token-wise Co-Merge statistics in two passes over the same noised inputs (see the module
     docstring); ``on_batch`` is called per batch of both passes."""
@@ -362,6 +385,8 @@ def collect_routed_stats(
         raise ValueError("the calibration set is empty")
     if not 0 <= threshold < 1:
         raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+    if routing not in ROUTINGS:
+        raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
     scheduler = DDPMScheduler.from_config(dict(scheduler_config)) if scheduler_config else DDPMScheduler()
     inputs = noise_inputs(data, timesteps_per_sample, seed, scheduler)
     files = list(experts.values())
@@ -387,8 +412,8 @@ def collect_routed_stats(
         name: torch.where(peak > 0, peak * threshold, torch.full_like(peak, float("inf")))
         for name, peak in peaks.items()
     }
-    hooks = {name: _routed_hook(*factors[name], floors[name], layers[name]) for name in factors}
+    hooks = {name: _routed_hook(*factors[name], floors[name], layers[name], routing) for name in factors}
     _run_with_hooks(unet, hooks, data, inputs, batch_size, on_batch)
     for layer in layers.values():
         layer.gram, layer.cross, layer.routed = layer.gram.cpu(), layer.cross.cpu(), layer.routed.cpu()
-    return RoutedStats(list(experts), threshold, {k: v.cpu() for k, v in peaks.items()}, layers)
+    return RoutedStats(list(experts), threshold, {k: v.cpu() for k, v in peaks.items()}, layers, routing)

@@ -18,17 +18,27 @@ merging only the most active weights per expert." Our reading, made concrete:
   w = argmax_i S_i[o, j] (rows: w = argmax_i S_i[o] for the whole row). Nothing is averaged,
   so no expert's winning entries are diluted by the others.
 
-- token-wise variant (``granularity: token``): the "weights" are read as the layer's whole
-  update and the "inputs" as single tokens. Each calibration token x is routed to its most
-  active expert w(x) = argmax_i ‖ΔW_i x‖ — if that activation reaches τ (``merge.threshold``)
-  × the expert's peak on the calibration set; otherwise to no expert — and the merged ΔW is the
-  ridge least-squares fit that reproduces, on every token, its winner's output (zero, i.e. the
-  base model, on unrouted tokens): ΔW = argmin Σ_x ‖ΔW x − ΔW_w(x) x‖² + ρ·tr(G)/d·‖ΔW‖²
-  = C (G + ρ·tr(G)/d·I)⁻¹, with G = Σ x xᵀ and C = Σ (ΔW_w(x) x) xᵀ. Where two experts act on
-  different tokens (a category's own concept words), each keeps its full effect there; the
-  element-wise rule instead splices entries of several low-rank updates into a matrix none of
-  them is — and on layers whose input does not depend on the expert (cross-attention keys and
-  values read the text encoder's output) its score reduces to |ΔW_i[o, j]|, plain magnitude.
+- token-wise variant (``granularity: token``, the default): the "weights" are read as the
+  layer's whole update and the "inputs" as single tokens. Expert i is *active* on a calibration
+  token x when ‖ΔW_i x‖ reaches τ (``merge.threshold``) × its peak over the calibration set:
+  those are "the most active weights per expert", the inputs it was trained to change. The
+  routed output y(x) is, with ``merge.routing: winner`` (default), the output of the most
+  active expert w(x) = argmax_i ‖ΔW_i x‖ when it is active; with ``active``, the sum of every
+  active expert's output Σ_i 1[i active]·ΔW_i x. Tokens on which no expert is active keep the
+  base model (y = 0). The merged ΔW is the ridge least-squares fit of y on every token:
+  ΔW = argmin Σ_x ‖ΔW x − y(x)‖² + ρ·tr(G)/d·‖ΔW‖² = C (G + ρ·tr(G)/d·I)⁻¹, with G = Σ x xᵀ
+  and C = Σ y(x) xᵀ. Where two experts act on different tokens (a category's own concept
+  words), each keeps its full effect there; the element-wise rule instead splices entries of
+  several low-rank updates into a matrix none of them is — and on layers whose input does not
+  depend on the expert (cross-attention keys and values read the text encoder's output) its
+  score reduces to |ΔW_i[o, j]|, plain magnitude.
+  The two routings differ on tokens where several experts are active (a concept word's context
+  spreads into the tokens after it: the text encoder is causal). ``winner`` hands those tokens
+  to one expert, so a weak expert can lose part of its effect; ``active`` keeps every effect but
+  adds them up, which can push an image into a third category's harm. In the toy world (see
+  BENCHMARKS.md) ``active`` at τ 0.5 kept self-harm's expert (IP 0.17 merged, against 0.36 with
+  ``winner``) but turned half of the hate prompts into violence's colour, so ``winner`` stays
+  the default.
 
 The row-wise merge is Σ_i diag(1[w(o) = i])·ΔW_i, so it factorises exactly at the
 concatenated rank; the element-wise merge is a general matrix (factorised by SVD).
@@ -96,7 +106,7 @@ def winner_share(winners: torch.Tensor, n: int) -> list[float]:
 def routed_least_squares(cross: torch.Tensor, gram: torch.Tensor, ridge: float) -> torch.Tensor:
     """Token-wise Co-Merge: ΔW ``[out, in]`` = C (G + ρ·tr(G)/d·I)⁻¹ (float64 solve, float32 out).
 
-    ``cross [out, in]`` = Σ (ΔW_w(x) x) xᵀ over routed tokens, ``gram [in, in]`` = Σ x xᵀ over
+    ``cross [out, in]`` = Σ y(x) xᵀ over routed tokens (y: the routed output), ``gram [in, in]`` = Σ x xᵀ over
     all tokens; ``ridge`` ρ > 0 is relative to the mean eigenvalue tr(G)/d, so it keeps the
     solve well posed in input directions the calibration set never excites (there ΔW → 0)."""
     if ridge <= 0:

@@ -200,7 +200,10 @@ def calibrate(
             stats["activation"] = collect_activation_stats(**common, on_batch=bar.update)
         if "routed" in kinds:
             stats["routed"] = collect_routed_stats(
-                **common, threshold=config.merge.threshold, on_batch=bar.update
+                **common,
+                threshold=config.merge.threshold,
+                routing=config.merge.routing,
+                on_batch=bar.update,
             )
     info = {
         "source": source,
@@ -214,6 +217,7 @@ def calibrate(
     if "routed" in stats:
         routed = stats["routed"].layers  # type: ignore[union-attr]
         info["threshold"] = config.merge.threshold
+        info["routing"] = config.merge.routing
         info["unrouted_fraction"] = {
             name: round(layer.unrouted_fraction, 4) for name, layer in routed.items()
         }
