@@ -123,3 +123,15 @@ def test_merge_job_end_to_end_on_ray_then_the_toy_report_loads_the_merged_lora(
 
     assert main(["merge", "--config", str(repo / SMOKE), f"run.output_dir={tmp_path}"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["skipped"] is True
+
+    # Another routing is another merge (not skipped); every token some expert is active on is
+    # routed, so no layer leaves more tokens to the base model than winner-take-all does.
+    active = [f"run.output_dir={tmp_path}", "merge.routing=active", "merge.baselines=[]"]
+    assert main(["merge", "--config", str(repo / SMOKE), *active]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["skipped"] is False
+    summed = json.loads((merged / "merge_report.json").read_text())["calibration"]
+    winner = report["calibration"]
+    assert summed["routing"] == "active" and winner["routing"] == "winner"
+    for name, fraction in summed["unrouted_fraction"].items():
+        assert fraction <= winner["unrouted_fraction"][name]
+    assert sum(summed["unrouted_fraction"].values()) < sum(winner["unrouted_fraction"].values())

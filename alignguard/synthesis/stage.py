@@ -21,9 +21,14 @@ def stage_config(config: ExperimentConfig, sections: tuple[str, ...] = SYNTHESIS
     return {"run.seed": config.run.seed, **{name: dumped[name] for name in sections}}
 
 
-def stage_config_hash(config: ExperimentConfig, sections: tuple[str, ...] = SYNTHESIS_SECTIONS) -> str:
-    canonical = json.dumps(stage_config(config, sections), sort_keys=True, separators=(",", ":"))
+def config_digest(stage: dict) -> str:
+    """sha256 of a stage's config, canonical JSON (key order and spacing do not matter)."""
+    canonical = json.dumps(stage, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def stage_config_hash(config: ExperimentConfig, sections: tuple[str, ...] = SYNTHESIS_SECTIONS) -> str:
+    return config_digest(stage_config(config, sections))
 
 
 def expert_stage_config(config: ExperimentConfig) -> dict:
@@ -35,5 +40,4 @@ def expert_stage_config(config: ExperimentConfig) -> dict:
 
 
 def expert_config_hash(config: ExperimentConfig) -> str:
-    canonical = json.dumps(expert_stage_config(config), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return config_digest(expert_stage_config(config))
