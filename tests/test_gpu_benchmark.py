@@ -68,3 +68,25 @@ def test_full_size_architectures_take_the_benchmark_inputs(gpu, family):
     assert pipe.unet.config.sample_size * pipe.vae_scale_factor == gpu.FULL[family].resolution
     counted = gpu.unet_forward_tflop(pipe, gpu.FULL[family], meta, torch.bfloat16)
     assert counted == pytest.approx(UNET_FORWARD_TFLOP[family], rel=1e-3)
+
+
+def test_deepspeed_step_benchmark_runs_every_variant_on_the_cpu(repo):
+    """Each DeepSpeed variant the configs can ask for initialises and steps (gloo, tiny SD1.5);
+    in its own process: DeepSpeed initialises a process group."""
+    import os
+    import subprocess
+
+    script = repo / "benchmarks" / "deepspeed_step.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--dry-run", "--models", "sd15", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "DS_ACCELERATOR": "cpu"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = json.loads(done.stdout.strip().splitlines()[-1])
+    rows = line["results"]["sd15"]
+    assert line["backend"] == "gloo" and len(rows) == 2 + 8
+    assert "deepspeed zero2 clip1.0 adafactor" in rows  # configs/sdxl.yaml's combination
+    assert all(row["pairs_per_s"] > 0 for row in rows.values())

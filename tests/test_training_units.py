@@ -190,3 +190,6 @@ def test_deepspeed_config_follows_training_config():
     assert cpu["scheduler"]["params"]["warmup_num_steps"] == 50 and cpu["gradient_clipping"] == 1.0
     gpu = deepspeed_config(training.model_copy(update={"optimizer": "adafactor"}), on_gpu=True, world_size=1)
     assert gpu["bf16"]["enabled"] and "optimizer" not in gpu  # Adafactor is passed as a client optimizer
+    # ZeRO 1-2 refuse a client optimizer without this (configs/sdxl.yaml: Adafactor + ZeRO 2).
+    assert gpu["zero_allow_untested_optimizer"] is True
+    assert "zero_allow_untested_optimizer" not in cpu

@@ -12,6 +12,10 @@ def deepspeed_config(training: TrainingSection, on_gpu: bool, world_size: int) -
     optimizer offload DeepSpeed's CPU Adam is used instead. Adafactor is not a DeepSpeed optimizer:
     the training loop passes it as a client optimizer and this config then has no ``optimizer``.
     ``precision: auto`` is bf16 on GPUs and fp32 on CPUs.
+
+    ZeRO 1-2 refuse a client optimizer unless told it is allowed; they hand it flattened 1-D fp32
+    partitions, so Adafactor keeps a full second moment per LoRA weight instead of row and column
+    factors (a few MB for a LoRA; the update rule is otherwise Adafactor's).
     """
     precision = training.precision if training.precision != "auto" else ("bf16" if on_gpu else "fp32")
     config: dict = {
@@ -24,6 +28,8 @@ def deepspeed_config(training: TrainingSection, on_gpu: bool, world_size: int) -
         "steps_per_print": 10**9,  # we report metrics ourselves
         "wall_clock_breakdown": False,
     }
+    if training.optimizer == "adafactor" and training.zero_stage > 0:
+        config["zero_allow_untested_optimizer"] = True
     if training.max_grad_norm is not None:
         config["gradient_clipping"] = training.max_grad_norm
     if training.offload_optimizer:

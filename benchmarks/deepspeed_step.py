@@ -1,0 +1,180 @@
+"""Which DeepSpeed settings should an expert's training run with? The DPO step, side by side.
+
+    python benchmarks/deepspeed_step.py                   # full-size SD1.5 + SDXL on one GPU (~2 min)
+    python benchmarks/deepspeed_step.py --dry-run         # tiny models on the CPU (gloo): the code path
+
+``benchmarks/gpu.py`` found the DeepSpeed-wrapped step slower than a plain torch step (H200:
+0.80x on SD1.5, 0.67x on SDXL). The two do not do the same work: DeepSpeed keeps fp32 master
+weights of the bf16 LoRA and clips the gradient norm, the plain step updates bf16 weights in place
+(too coarse for a 1e-5 learning rate). This script times, in one process and one after the other
+on the same model and batch, the plain step and the DeepSpeed step under each variant of the
+``training`` keys that change its cost (``zero_stage``, ``max_grad_norm``), each with a fresh
+LoRA, so the ratios say which setting the configs should use. One JSON line at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
+import gpu
+
+# (label, training overrides); the first is the project's default. configs/sd15.yaml sets
+# zero_stage 2 (AdamW); configs/sdxl.yaml adds Adafactor.
+VARIANTS: tuple[tuple[str, dict], ...] = (
+    ("zero0 clip1.0", {}),
+    ("zero1 clip1.0", {"zero_stage": 1}),
+    ("zero2 clip1.0", {"zero_stage": 2}),
+    ("zero1 no-clip", {"zero_stage": 1, "max_grad_norm": None}),
+    ("zero2 no-clip", {"zero_stage": 2, "max_grad_norm": None}),
+    ("zero0 clip1.0 adafactor", {"optimizer": "adafactor"}),
+    ("zero1 clip1.0 adafactor", {"zero_stage": 1, "optimizer": "adafactor"}),
+    ("zero2 clip1.0 adafactor", {"zero_stage": 2, "optimizer": "adafactor"}),
+)
+PLAIN = "plain torch AdamW (bf16 weights)"
+MASTER = "plain torch, fp32 LoRA + autocast + clip"
+
+
+def fresh_lora(pipe, device, dtype) -> None:
+    """Drop the previous variant's adapter (and DeepSpeed's hooks on its parameters)."""
+    if getattr(pipe.unet, "peft_config", None):
+        pipe.unet.delete_adapters("default")
+
+
+def time_steps(step, steps: int, device) -> float:
+    for _ in range(3):  # warm-ups: kernels, allocator, DeepSpeed's lazy buffers, GPU clocks
+        step()
+    return gpu.timed(lambda: [step() for _ in range(steps)], device) / steps
+
+
+def deepspeed_variant(pipe, plan, device, dtype, overrides: dict, deepspeed):
+    from alignguard.config.schema import TrainingSection
+    from alignguard.training.deepspeed_config import deepspeed_config
+    from alignguard.training.step import preference_loss
+
+    _, (unet, scheduler, batch, generator) = gpu.dpo_step(pipe, plan, device, dtype)
+    training = TrainingSection(batch_size=plan.dpo_batch, learning_rate=1e-5, **overrides)
+    config = deepspeed_config(training, on_gpu=device.type == "cuda", world_size=1)
+    trainable = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = None
+    if training.optimizer == "adafactor":  # a client optimizer, as cluster/expert_loop.py passes it
+        from transformers.optimization import Adafactor
+
+        optimizer = Adafactor(trainable, lr=1e-5, relative_step=False, scale_parameter=False)
+    engine, *_ = deepspeed.initialize(
+        model=unet, model_parameters=trainable, optimizer=optimizer, config=config
+    )
+
+    def step() -> None:
+        out = preference_loss(engine.module, scheduler, batch, generator, loss="dpo", beta=5000.0)
+        engine.backward(out.loss)
+        engine.step()
+
+    return step
+
+
+def master_weights_step(pipe, plan, device, dtype):
+    """Plain torch doing DeepSpeed's work: fp32 LoRA weights, bf16 autocast, clipping, fused AdamW."""
+    from alignguard.training.step import preference_loss
+
+    _, (unet, scheduler, batch, generator) = gpu.dpo_step(pipe, plan, device, dtype)
+    params = [p for p in unet.parameters() if p.requires_grad]
+    for param in params:
+        param.data = param.data.float()
+    optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            out = preference_loss(unet, scheduler, batch, generator, loss="dpo", beta=5000.0)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def make_step(name: str, overrides: dict | None, pipe, plan, device, dtype, deepspeed):
+    fresh_lora(pipe, device, dtype)
+    if name == PLAIN:
+        return gpu.dpo_step(pipe, plan, device, dtype)[0]
+    if name == MASTER:
+        return master_weights_step(pipe, plan, device, dtype)
+    return deepspeed_variant(pipe, plan, device, dtype, overrides, deepspeed)
+
+
+def run_family(plan, dry_run: bool, device, dtype, deepspeed, rounds: int) -> dict:
+    """Every row ``rounds`` times, in alternating order, so drift (clocks, allocator) evens out."""
+    pipe = gpu.build_pipeline(plan.family, dry_run, device, dtype)
+    rows = [(PLAIN, None), (MASTER, None)] + [(f"deepspeed {label}", o) for label, o in VARIANTS]
+    seconds: dict[str, list[float]] = {name: [] for name, _ in rows}
+    for round_index in range(rounds):
+        for name, overrides in rows if round_index % 2 == 0 else rows[::-1]:
+            step = make_step(name, overrides, pipe, plan, device, dtype, deepspeed)
+            seconds[name].append(time_steps(step, plan.dpo_steps, device))
+            rate = plan.dpo_batch / seconds[name][-1]
+            print(f"{plan.family} round {round_index + 1}: {name}: {rate:.2f} pairs/s", flush=True)
+    plain = min(seconds[PLAIN])
+    return {
+        name: {
+            "pairs_per_s": plan.dpo_batch / min(s),
+            "vs_plain": plain / min(s),
+            "seconds_per_step": s,
+        }
+        for name, s in seconds.items()
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", default="sd15,sdxl", help="comma-separated: sd15, sdxl")
+    parser.add_argument("--dry-run", action="store_true", help="tiny models on the CPU (fp32, gloo)")
+    parser.add_argument("--rounds", type=int, default=2, help="passes over the rows (best of them is kept)")
+    args = parser.parse_args(argv)
+    families = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not families or set(families) - set(gpu.FULL):
+        parser.error(f"--models: choose from {sorted(gpu.FULL)}")
+    if not args.dry_run and not torch.cuda.is_available():
+        print("error: no CUDA device is visible; use --dry-run for the CPU code path", file=sys.stderr)
+        return 2
+    device = torch.device("cpu") if args.dry_run else torch.device("cuda", 0)
+    dtype = torch.float32 if args.dry_run else torch.bfloat16
+
+    os.environ.setdefault("DS_ACCELERATOR", device.type)
+    import deepspeed
+
+    backend = gpu._single_rank_process_group(device, deepspeed)
+    started = time.monotonic()
+    results = {}
+    for family in families:
+        plans = gpu.TINY if args.dry_run else gpu.FULL
+        results[family] = run_family(plans[family], args.dry_run, device, dtype, deepspeed, args.rounds)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    print("\n| model | step | pairs/s (best round) | vs plain |\n|---|---|---|---|")
+    for family, rows in results.items():
+        for name, row in rows.items():
+            print(f"| {family} | {name} | {row['pairs_per_s']:.2f} | {row['vs_plain']:.2f} |")
+    card = "cpu (dry run)" if args.dry_run else torch.cuda.get_device_name(device)
+    line = {
+        "device": card,
+        "backend": backend,
+        "wall_s": round(time.monotonic() - started, 1),
+        "results": results,
+    }
+    print(json.dumps(line))
+    torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
