@@ -10,7 +10,11 @@ Per model it measures, after one warm-up call each:
 - DPO: preference pairs/s of the real training step (``alignguard.training.step.preference_loss``,
   Diffusion-DPO, reference = the adapter switched off) with a rank-4 LoRA on the attention
   projections, AdamW on the LoRA, cached latents and text embeddings (as the experts train);
-- serving: latency of one request (1 image, same steps) + its JPEG encoding, median of a few.
+- serving: latency of one request (1 image, same steps) + its JPEG encoding, median of a few;
+- DPO through DeepSpeed (on by default on a GPU): the same step wrapped in a DeepSpeed engine built
+  from the project's own config (``alignguard.training.deepspeed_config``: bf16 with fp32 master
+  weights, AdamW, clipping, ZeRO stage from ``training``), NCCL process group of one rank, as the
+  expert fleet's workers run it; reported as pairs/s and as a ratio to the plain torch step.
 
 FLOPs are counted with torch's FLOP counter on the very call that is timed (one UNet forward; one
 training step), not taken from a table; the full-size counts are printed next to the anchors in
@@ -25,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
 import statistics
 import sys
 import time
@@ -89,6 +95,9 @@ class Result:
     serve_latency_ms_p50: float | None = None
     serve_encode_ms_p50: float | None = None
     serve_mfu: float | None = None
+    dpo_deepspeed_pairs_per_s: float | None = None
+    deepspeed_vs_plain: float | None = None
+    deepspeed_backend: str | None = None
     peak_memory_gb: float | None = None
     skipped: list[str] = field(default_factory=list)
 
@@ -225,7 +234,10 @@ def dpo_step(pipe, plan: Plan, device, dtype) -> Callable[[], None]:
     from alignguard.training.batches import PreferenceBatch
     from alignguard.training.step import preference_loss
 
-    unet = add_lora(pipe.unet, LoraSection(rank=4, alpha=4.0)).to(device=device, dtype=dtype)
+    unet = pipe.unet
+    if not getattr(unet, "peft_config", None):
+        add_lora(unet, LoraSection(rank=4, alpha=4.0))
+    unet = unet.to(device=device, dtype=dtype)
     optimizer = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=1e-5)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     x = unet_inputs(pipe, plan.dpo_batch, plan.resolution, device, dtype)
@@ -246,11 +258,57 @@ def dpo_step(pipe, plan: Plan, device, dtype) -> Callable[[], None]:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return step
+    return step, (unet, scheduler, batch, generator)
+
+
+def _single_rank_process_group(device: torch.device, deepspeed) -> str:
+    """A one-rank process group (NCCL on a GPU, gloo on the CPU), as a Ray Train worker has."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        with socket.socket() as probe:  # a free loopback port for the rendezvous
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        os.environ.update(
+            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1"
+        )
+        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+    return dist.get_backend()
+
+
+def measure_dpo_deepspeed(pipe, plan: Plan, device, dtype, peak: float | None, r: Result) -> None:
+    """The DPO step as the expert fleet runs it: a DeepSpeed engine from the project's config."""
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if device.type == "cuda" else "cpu")
+    import deepspeed
+
+    from alignguard.config.schema import TrainingSection
+    from alignguard.training.deepspeed_config import deepspeed_config
+    from alignguard.training.step import preference_loss
+
+    r.deepspeed_backend = _single_rank_process_group(device, deepspeed)
+    plain_step, (unet, scheduler, batch, generator) = dpo_step(pipe, plan, device, dtype)
+    training = TrainingSection(batch_size=plan.dpo_batch, learning_rate=1e-5)
+    config = deepspeed_config(training, on_gpu=device.type == "cuda", world_size=1)
+    trainable = [p for p in unet.parameters() if p.requires_grad]
+    engine, *_ = deepspeed.initialize(model=unet, model_parameters=trainable, config=config)
+
+    def step() -> None:
+        out = preference_loss(engine.module, scheduler, batch, generator, loss="dpo", beta=5000.0)
+        engine.backward(out.loss)
+        engine.step()
+
+    plain_step()
+    step()  # warm-ups
+    # Side by side in one run: the ratio, not either lone figure, is what this measures.
+    plain = timed(lambda: [plain_step() for _ in range(plan.dpo_steps)], device)
+    wrapped = timed(lambda: [step() for _ in range(plan.dpo_steps)], device)
+    r.dpo_deepspeed_pairs_per_s = plan.dpo_steps * plan.dpo_batch / wrapped
+    r.deepspeed_vs_plain = plain / wrapped
+    pipe.unet.eval()
 
 
 def measure_dpo(pipe, plan: Plan, device, dtype, peak: float | None, r: Result) -> None:
-    step = dpo_step(pipe, plan, device, dtype)
+    step = dpo_step(pipe, plan, device, dtype)[0]
     step()  # warm-up
     tflop_per_step = count_tflop(step)
     seconds = timed(lambda: [step() for _ in range(plan.dpo_steps)], device)
@@ -287,8 +345,10 @@ def run_family(plan: Plan, args, device, dtype, peak: float | None, deadline: fl
     steps = [
         ("synthesis", measure_synthesis, (pipe, plan, device, unet_tflop, peak, result)),
         ("serving", measure_serving, (pipe, plan, device, unet_tflop, peak, result)),
-        ("dpo", measure_dpo, (pipe, plan, device, dtype, peak, result)),  # last: it adds the LoRA
+        ("dpo", measure_dpo, (pipe, plan, device, dtype, peak, result)),  # after: they add the LoRA
     ]
+    if args.deepspeed:
+        steps.append(("dpo_deepspeed", measure_dpo_deepspeed, (pipe, plan, device, dtype, peak, result)))
     for name, measure, measure_args in steps:
         if time.monotonic() > deadline:
             result.skipped.append(f"{name}: the --budget-s was spent")
@@ -298,6 +358,8 @@ def run_family(plan: Plan, args, device, dtype, peak: float | None, deadline: fl
         except torch.cuda.OutOfMemoryError as exc:  # report it and measure the rest
             result.skipped.append(f"{name}: out of GPU memory ({str(exc).splitlines()[0]})")
             torch.cuda.empty_cache()
+        except Exception as exc:  # a GPU lease is short: one broken measurement must not lose the rest
+            result.skipped.append(f"{name}: failed: {type(exc).__name__}: {exc}")
     if device.type == "cuda":
         result.peak_memory_gb = torch.cuda.max_memory_allocated(device) / 2**30
     return result  # the pipeline is freed here; main() empties the CUDA cache
@@ -310,16 +372,17 @@ def _fmt(value: float | None, spec: str) -> str:
 def table(results: list[Result]) -> str:
     head = (
         "| model | UNet fwd TFLOP | images/s | MFU | DPO pairs/s | TFLOP/pair | MFU | "
-        "latency p50 ms | + JPEG ms | MFU |"
+        "latency p50 ms | + JPEG ms | MFU | DeepSpeed pairs/s | DeepSpeed / plain |"
     )
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * 12]
     for r in results:
         lines.append(
             f"| {r.family} | {r.unet_forward_tflop:.4g} | {_fmt(r.synthesis_images_per_s, '.2f')} | "
             f"{_fmt(r.synthesis_mfu, '.1%')} | {_fmt(r.dpo_pairs_per_s, '.2f')} | "
             f"{_fmt(r.dpo_tflop_per_pair, '.4g')} | {_fmt(r.dpo_mfu, '.1%')} | "
             f"{_fmt(r.serve_latency_ms_p50, '.0f')} | {_fmt(r.serve_encode_ms_p50, '.1f')} | "
-            f"{_fmt(r.serve_mfu, '.1%')} |"
+            f"{_fmt(r.serve_mfu, '.1%')} | {_fmt(r.dpo_deepspeed_pairs_per_s, '.2f')} | "
+            f"{_fmt(r.deepspeed_vs_plain, '.2f')} |"
         )
     return "\n".join(lines)
 
@@ -333,7 +396,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget-s", type=float, default=450.0, help="start no measurement after this")
     parser.add_argument("--peak-tflops", type=float, help="the card's bf16 dense peak, if not in the table")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--deepspeed",
+        action=argparse.BooleanOptionalAction,
+        help="also time the DPO step through a DeepSpeed engine (default: on a GPU, off for --dry-run; "
+        "it initialises a one-rank process group in this process)",
+    )
     args = parser.parse_args(argv)
+    if args.deepspeed is None:
+        args.deepspeed = not args.dry_run
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(args.models) - set(FULL))
     if unknown or not args.models:
@@ -367,7 +438,10 @@ def main(argv: list[str] | None = None) -> int:
         results.append(run_family(plans[family], args, device, dtype, peak, start + args.budget_s))
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    return report(results, args, card, peak, time.monotonic() - start)
+    status = report(results, args, card, peak, time.monotonic() - start)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # the DeepSpeed measurement's one-rank group
+    return status
 
 
 def report(results: list[Result], args, card: str, peak: float | None, seconds: float) -> int:
@@ -388,6 +462,8 @@ def report(results: list[Result], args, card: str, peak: float | None, seconds: 
         "dtype": "float32" if args.dry_run else "bfloat16",
         "dry_run": args.dry_run,
         "peak_bf16_tflops": peak,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
         "wall_s": round(seconds, 1),
         "plans": {r.family: asdict((TINY if args.dry_run else FULL)[r.family]) for r in results},
         "results": [asdict(r) for r in results],
