@@ -15,7 +15,9 @@ batch sizes, workers); evaluation renders every category's prompts with the base
 model, and each expert on its own category; Co-Merge's calibration runs one UNet forward per
 expert per calibration sample; SDXL's gradient-checkpointing overhead is SD1.5's ratio (6.4/4.8);
 other resolutions scale with the pixel count (attention grows faster: an underestimate above the
-reference size). MFU is an input: measure it with ``benchmarks/gpu.py``.
+reference size). MFU is an input: an assumed figure, or per stage from a ``benchmarks/gpu.py``
+result (:func:`measured_mfu`): image-making stages (synthesis, evaluation, calibration) at the
+renderer's measured MFU, training at the DPO step's as the fleet runs it (through DeepSpeed).
 """
 
 from __future__ import annotations
@@ -47,6 +49,38 @@ class StageEstimate:
     def wall_hours(self, mfu: float, peak_tflops: float = H100_BF16_PEAK_TFLOPS) -> float:
         """Hours on the config's parallelism (NaN for a stage the config runs without GPUs)."""
         return self.gpu_hours(mfu, peak_tflops) / self.gpus if self.gpus > 0 else float("nan")
+
+
+@dataclass(frozen=True)
+class MeasuredMfu:
+    """Per-stage MFU of one model family, read off a ``benchmarks/gpu.py`` result."""
+
+    images: float  # synthesis, evaluation, calibration: UNet-FLOP MFU of batched rendering
+    training: float  # the DPO step, through DeepSpeed when the benchmark measured that
+    card: str
+    peak_tflops: float
+
+    def for_stage(self, stage: str) -> float:
+        return self.training if stage == "training" else self.images
+
+
+def measured_mfu(benchmark: dict, family: str) -> MeasuredMfu:
+    """The MFUs that ``benchmark`` (``benchmarks/gpu.py --json`` output) measured for ``family``."""
+    if benchmark.get("dry_run"):
+        raise ValueError("the benchmark result is a --dry-run on the CPU: it has no MFU")
+    rows = [r for r in benchmark.get("results", []) if r.get("family") == family]
+    if not rows:
+        measured = sorted(r.get("family") for r in benchmark.get("results", []))
+        raise ValueError(f"the benchmark result has no {family!r} figures (it measured {measured})")
+    row = rows[0]
+    training = row.get("dpo_mfu")
+    if training is not None and row.get("deepspeed_vs_plain") is not None:
+        training *= row["deepspeed_vs_plain"]  # the fleet steps through DeepSpeed
+    if row.get("synthesis_mfu") is None or training is None or not benchmark.get("peak_bf16_tflops"):
+        raise ValueError(
+            f"the benchmark result's {family!r} row lacks synthesis or DPO MFU: {row.get('skipped')}"
+        )
+    return MeasuredMfu(row["synthesis_mfu"], training, benchmark["device"], benchmark["peak_bf16_tflops"])
 
 
 def _family(config: ExperimentConfig) -> str:
@@ -135,14 +169,38 @@ def estimate(config: ExperimentConfig, pairs: int | None = None) -> list[StageEs
     return [synthesis, training, merge, evaluation]
 
 
-def sizing_table(estimates: list[StageEstimate], mfus: tuple[float, ...], peak_tflops: float) -> str:
-    """Markdown: per stage, the work, TFLOP, GPU-hours and wall hours at each MFU."""
+def sizing_table(
+    estimates: list[StageEstimate],
+    mfus: tuple[float, ...],
+    peak_tflops: float,
+    measured: MeasuredMfu | None = None,
+) -> str:
+    """Markdown: per stage, the work, TFLOP, GPU-hours and wall hours at each assumed MFU, and at
+    the ``measured`` per-stage MFUs (on the measured card's peak) when given."""
     head = "| stage | work | PFLOP | " + " | ".join(f"GPU-h @ {m:.0%} | wall h @ {m:.0%}" for m in mfus)
-    lines = [head + " |", "|" + "---|" * (3 + 2 * len(mfus))]
+    columns = 3 + 2 * len(mfus)
+    if measured is not None:
+        head += " | measured MFU | GPU-h measured | wall h measured"
+        columns += 3
+    lines = [head + " |", "|" + "---|" * columns]
     for est in [*estimates, _total(estimates)]:
         cells = [f"{est.gpu_hours(m, peak_tflops):.2f} | {est.wall_hours(m, peak_tflops):.2f}" for m in mfus]
+        if measured is not None:
+            cells.append(_measured_cells(est, estimates, measured))
         lines.append(f"| {est.stage} | {est.work} | {est.tflop / 1000:,.0f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _measured_cells(est: StageEstimate, stages: list[StageEstimate], measured: MeasuredMfu) -> str:
+    """A stage's measured-MFU cells; the total sums the stages (each has its own MFU)."""
+    peak = measured.peak_tflops
+    if est.stage in {s.stage for s in stages}:
+        mfu = measured.for_stage(est.stage)
+        return f"{mfu:.1%} | {est.gpu_hours(mfu, peak):.2f} | {est.wall_hours(mfu, peak):.2f}"
+    per_stage = [(s, measured.for_stage(s.stage)) for s in stages]
+    gpu_hours = sum(s.gpu_hours(m, peak) for s, m in per_stage)
+    wall_hours = sum(s.wall_hours(m, peak) for s, m in per_stage if s.gpus > 0)
+    return f" | {gpu_hours:.2f} | {wall_hours:.2f}"
 
 
 def _total(estimates: list[StageEstimate]) -> StageEstimate:

@@ -12,6 +12,7 @@ from alignguard.sizing import (
     UNET_FORWARD_TFLOP,
     estimate,
     image_tflop,
+    measured_mfu,
     sizing_table,
     training_pairs_per_expert,
 )
@@ -116,3 +117,55 @@ def test_cpu_only_stage_has_no_wall_time(repo):
     config = load_config(repo / "configs" / "sd15.yaml", ["resources.merge.num_gpus=0"])
     merge = next(e for e in estimate(config) if e.stage == "merge")
     assert math.isnan(merge.wall_hours(0.3)) and merge.gpu_hours(0.3) > 0
+
+
+def _benchmark(**row) -> dict:
+    """A benchmarks/gpu.py result with one sd15 row (the shape its --json writes)."""
+    base = {"family": "sd15", "synthesis_mfu": 0.2, "dpo_mfu": 0.25, "deepspeed_vs_plain": 0.8, "skipped": []}
+    return {
+        "device": "NVIDIA H200",
+        "dry_run": False,
+        "peak_bf16_tflops": 989.0,
+        "results": [{**base, **row}],
+    }
+
+
+def test_measured_mfu_is_per_stage_and_training_goes_through_deepspeed(repo):
+    measured = measured_mfu(_benchmark(), "sd15")
+    assert measured.for_stage("synthesis") == measured.for_stage("evaluation") == 0.2
+    assert measured.for_stage("merge") == 0.2  # calibration: batched UNet forwards, like rendering
+    assert measured.for_stage("training") == pytest.approx(0.25 * 0.8)
+    assert measured_mfu(_benchmark(deepspeed_vs_plain=None), "sd15").training == 0.25
+    config = load_config(repo / "configs" / "sd15.yaml")
+    estimates = estimate(config)
+    table = sizing_table(estimates, (0.3,), 989.0, measured)
+    total = [c.strip() for c in table.splitlines()[-1].split("|")]
+    expected = sum(e.gpu_hours(measured.for_stage(e.stage), 989.0) for e in estimates)
+    assert float(total[-3]) == pytest.approx(expected, abs=0.01)
+    training = next(line for line in table.splitlines() if line.startswith("| training"))
+    assert "| 20.0% |" in training
+
+
+@pytest.mark.parametrize(
+    ("benchmark", "message"),
+    [
+        ({**_benchmark(), "dry_run": True}, "dry-run"),
+        (_benchmark(family="sdxl"), "no 'sd15' figures .*sdxl"),
+        (_benchmark(dpo_mfu=None, skipped=["dpo: out of GPU memory"]), "lacks .*out of GPU memory"),
+    ],
+)
+def test_unusable_benchmark_results_are_refused(benchmark, message):
+    with pytest.raises(ValueError, match=message):
+        measured_mfu(benchmark, "sd15")
+
+
+def test_size_cli_reads_the_recorded_gpu_result(repo, tmp_path, capsys):
+    recorded = repo / "benchmarks" / "results" / "gpu-h200-2026-11-28.json"
+    config = str(repo / "configs" / "sdxl.yaml")
+    assert main(["cluster", "size", "--config", config, "--measured", str(recorded)]) == 0
+    out = capsys.readouterr().out
+    assert "GPU-h measured" in out and "NVIDIA H200" in out
+    broken = tmp_path / "gpu.json"
+    broken.write_text("{not json")
+    assert main(["cluster", "size", "--config", config, "--measured", str(broken)]) == 2
+    assert "--measured" in capsys.readouterr().err

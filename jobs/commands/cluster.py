@@ -19,9 +19,12 @@ wait forever).
 SIZE_HELP = """\
 Estimate TFLOP, GPU-hours and wall hours per stage of a config from FLOP counts (see
 alignguard/sizing.py for what is counted and assumed). MFU is the fraction of the card's peak
-actually reached: measure it with benchmarks/gpu.py.
+actually reached: assume it (--mfu), or pass what benchmarks/gpu.py measured on one GPU
+(--measured: per stage, the renderer's MFU for synthesis, calibration and evaluation, the
+DeepSpeed DPO step's for training).
 
   alignguard cluster size --config configs/sdxl.yaml --mfu 0.3 --mfu 0.1
+  alignguard cluster size --config configs/sd15.yaml --measured benchmarks/results/gpu-h200-2026-11-28.json
 """
 
 
@@ -57,6 +60,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     size.add_argument("--mfu", type=_fraction, action="append", help="assumed MFU (repeatable; default 0.3)")
     size.add_argument("--peak-tflops", type=_positive, default=989.0, help="card peak (H100 bf16 dense: 989)")
     size.add_argument("--pairs", type=positive_int, help="training pairs (default: CoProV2 minus held-out)")
+    size.add_argument(
+        "--measured",
+        metavar="JSON",
+        help="a benchmarks/gpu.py --json result: add per-stage measured MFU columns",
+    )
     size.set_defaults(handler=run_size)
 
 
@@ -89,7 +97,26 @@ def run_size(args: argparse.Namespace) -> int:
     config = load_args_config(args)
     try:
         estimates = estimate(config, pairs=args.pairs)
+        measured = _measured(args.measured, config.model.family) if args.measured else None
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    print(sizing_table(estimates, tuple(args.mfu or [0.3]), args.peak_tflops))
+    print(sizing_table(estimates, tuple(args.mfu or [0.3]), args.peak_tflops, measured))
+    if measured is not None:
+        print(f"measured MFU: {measured.card} (peak {measured.peak_tflops:g} TFLOP/s), from {args.measured}")
     return 0
+
+
+def _measured(path: str, family: str):
+    import json
+    from pathlib import Path
+
+    from alignguard.sizing import measured_mfu
+
+    try:
+        benchmark = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"--measured {path}: not a readable benchmarks/gpu.py JSON result ({exc})") from exc
+    try:
+        return measured_mfu(benchmark, family)
+    except ValueError as exc:
+        raise ValueError(f"--measured {path}: {exc}") from exc
