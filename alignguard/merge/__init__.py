@@ -4,7 +4,8 @@ Every rule acts on each layer's full update ΔW_i = (α/r)·B_i·A_i in fp32 (ne
 separately), and the merged ΔW is re-factorised exactly (concatenated rank, or full-rank SVD)
 or by truncated SVD to a chosen rank, reporting the energy kept. See :mod:`.engine`,
 :mod:`.comerge` (our reading of the paper's Co-Merge), :mod:`.strategies` (the baselines),
-:mod:`.calibration` and :mod:`.stage` (the run-directory stage the merge actor runs).
+:mod:`.calibration`, :mod:`.refine` (distilling the experts into the merged LoRA end to end) and
+:mod:`.stage` (the run-directory stage the merge actor runs).
 """
 
 from alignguard.merge.calibration import (
