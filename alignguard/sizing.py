@@ -119,6 +119,16 @@ def expert_count(config: ExperimentConfig) -> tuple[int, int]:
     return per_category, single
 
 
+def refine_forward_equivalents(config: ExperimentConfig) -> int:
+    """UNet forward-equivalents of ``merge.refine``: per step, teacher passes (each category's
+    expert on its share, the base model on the preservation batch) and the student's forward and
+    backward (counted as 3 forwards) on both batches."""
+    refine = config.merge.refine
+    distilled = -(-refine.batch_size // len(config.data.categories)) * len(config.data.categories)
+    per_step = distilled + refine.batch_size + 3 * (distilled + refine.batch_size)
+    return refine.steps * per_step
+
+
 def _gpus(resources, actors: int) -> float:
     return actors * resources.num_gpus
 
@@ -152,10 +162,13 @@ def estimate(config: ExperimentConfig, pairs: int | None = None) -> list[StageEs
     calibration = config.merge.calibration
     samples = calibration.prompts_per_category * categories * calibration.timesteps
     forward = UNET_FORWARD_TFLOP[family] * _scale(config, family)
+    refine_forwards = refine_forward_equivalents(config)
     merge = StageEstimate(
         "merge",
-        samples * per_category * forward if config.merge.strategy == "co_merge" else 0.0,
-        f"{samples:,} calibration samples x {per_category} experts x {forward:.2f} TFLOP",
+        (samples * per_category if config.merge.strategy == "co_merge" else 0) * forward
+        + refine_forwards * forward,
+        f"{samples:,} calibration samples x {per_category} experts x {forward:.2f} TFLOP"
+        + (f" + refinement {refine_forwards:,} forward-equivalents" if refine_forwards else ""),
         r.merge.num_gpus,
     )
     eval_images = e.prompts_per_category * categories * 2 + e.prompts_per_category * per_category

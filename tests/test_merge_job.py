@@ -42,6 +42,9 @@ def _write_toy_experts(run_dir, config) -> int:
         ("merge.granularity=column", "merge.granularity"),
         ("merge.routing=all", "merge.routing"),
         ("merge.calibration.benign_prompts=-1", "merge.calibration.benign_prompts"),
+        ("merge.refine.steps=-1", "merge.refine.steps"),
+        ("merge.refine.learning_rate=0", "merge.refine.learning_rate"),
+        ("merge.refine.epochs=3", "merge.refine.epochs"),
     ],
 )
 def test_invalid_merge_config_names_the_key(repo, override, message):
@@ -81,6 +84,17 @@ def test_co_merge_without_a_calibration_source_fails_before_any_work(repo, tmp_p
     assert not (tmp_path / MERGED_DIR).exists()
 
 
+def test_refinement_without_a_synthesis_cache_fails_before_any_work(repo, tmp_path, capsys):
+    config = load_config(repo / SMOKE, [f"run.output_dir={tmp_path}", "data.categories=[hate]"])
+    _write_toy_experts(tmp_path, config)
+    overrides = [f"run.output_dir={tmp_path}", "data.categories=[hate]", "merge.refine.steps=5"]
+    assert main(["merge", "--config", str(repo / SMOKE), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert "merge.refine needs the synthesis stage's training cache" in err
+    assert "or set merge.refine.steps=0" in err
+    assert not (tmp_path / MERGED_DIR).exists()
+
+
 def test_the_job_script_answers_help(repo):
     result = subprocess.run(
         [sys.executable, "jobs/merge.py", "--help"], cwd=repo, capture_output=True, text=True, timeout=60
@@ -96,7 +110,10 @@ def test_merge_job_end_to_end_on_ray_then_the_toy_report_loads_the_merged_lora(
     config = load_config(repo / SMOKE, [f"run.output_dir={tmp_path}"])
     adapted_modules = _write_toy_experts(tmp_path, config)
     assert adapted_modules > 0
-    assert main(["merge", "--config", str(repo / SMOKE), f"run.output_dir={tmp_path}"]) == 0
+    # Random experts, no synthesis stage: nothing to distil from (merge.refine is tested with a
+    # synthesized run in test_training_fleet.py).
+    unrefined = f"run.output_dir={tmp_path}", "merge.refine.steps=0"
+    assert main(["merge", "--config", str(repo / SMOKE), *unrefined]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["skipped"] is False and summary["label"] == "co_merge_token"
     assert summary["experts"] == list(config.data.categories)
@@ -121,12 +138,12 @@ def test_merge_job_end_to_end_on_ray_then_the_toy_report_loads_the_merged_lora(
     assert set(toy_report["categories"]) == set(config.data.categories)
     assert all("preserved" in entry for entry in toy_report["categories"].values())
 
-    assert main(["merge", "--config", str(repo / SMOKE), f"run.output_dir={tmp_path}"]) == 0
+    assert main(["merge", "--config", str(repo / SMOKE), *unrefined]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["skipped"] is True
 
     # Another routing is another merge (not skipped); every token some expert is active on is
     # routed, so no layer leaves more tokens to the base model than winner-take-all does.
-    active = [f"run.output_dir={tmp_path}", "merge.routing=active", "merge.baselines=[]"]
+    active = [*unrefined, "merge.routing=active", "merge.baselines=[]"]
     assert main(["merge", "--config", str(repo / SMOKE), *active]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["skipped"] is False
     summed = json.loads((merged / "merge_report.json").read_text())["calibration"]

@@ -169,3 +169,13 @@ def test_size_cli_reads_the_recorded_gpu_result(repo, tmp_path, capsys):
     broken.write_text("{not json")
     assert main(["cluster", "size", "--config", config, "--measured", str(broken)]) == 2
     assert "--measured" in capsys.readouterr().err
+
+
+def test_merge_refinement_is_counted_in_the_merge_stage(repo):
+    plain = load_config(repo / "configs" / "sd15.yaml")
+    refined = load_config(repo / "configs" / "sd15.yaml", ["merge.refine.steps=300"])
+    merge = {c: next(e for e in estimate(c) if e.stage == "merge") for c in (plain, refined)}
+    # 300 steps x (35 distilled + 32 preserved inputs) x (1 teacher + 3 student) forwards of 0.803
+    extra = 300 * (35 + 32) * 4 * UNET_FORWARD_TFLOP["sd15"]
+    assert merge[refined].tflop - merge[plain].tflop == pytest.approx(extra)
+    assert "refinement 80,400 forward-equivalents" in merge[refined].work

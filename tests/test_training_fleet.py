@@ -120,6 +120,47 @@ def test_the_synthesis_cache_is_a_calibration_set_for_co_merge(synthesized, repo
     assert data.added_cond_kwargs is None  # SD layout: no pooled embeddings
 
 
+def test_merge_refines_co_merge_by_distilling_the_experts_through_the_cli(
+    synthesized, repo, tmp_path, capsys
+):
+    """``alignguard merge ... merge.refine.steps=N`` on Ray: the synthesis cache feeds the
+    distillation, the report records retention before/after, the file is the refined LoRA, and
+    the refinement is part of the stage's key."""
+    import shutil
+
+    from alignguard.merge.synthetic import write_random_experts
+    from alignguard.toyworld.report import load_lora
+    from alignguard.toyworld.store import load_toy_pipeline
+    from jobs.cli import main
+
+    run, _ = synthesized
+    shutil.copytree(run / "synthesis", tmp_path / "synthesis")
+    overrides = [f"run.output_dir={tmp_path}", f"data.categories={CATEGORIES}", "merge.baselines=[]"]
+    config = _config(repo, overrides)
+    write_random_experts(
+        RunDir(tmp_path), load_toy_pipeline().unet, config.data.categories, config.training.lora, 0, 0.05
+    )
+    command = ["merge", "--config", str(repo / "configs/toy-smoke.yaml"), *overrides]
+    assert main([*command, "merge.refine.steps=20"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    before, after = summary["refine"]["before"], summary["refine"]["after"]
+    assert set(before["retention"]) == {"hate", "violence"}
+    assert after["min_retention"] > before["min_retention"]
+    merged = tmp_path / "merged"
+    report = json.loads((merged / "merge_report.json").read_text())
+    assert report["refine"]["options"]["steps"] == 20 and report["refine"]["history"][-1]["step"] == 20
+    refined = (merged / "pytorch_lora_weights.safetensors").read_bytes()
+    pipe = load_toy_pipeline()
+    load_lora(pipe, merged / "pytorch_lora_weights.safetensors")  # stock diffusers loads it
+
+    assert main([*command, "merge.refine.steps=20"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["skipped"] is True
+    assert main([*command, "merge.refine.steps=0"]) == 0  # another key: merged again, unrefined
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["skipped"] is False and "refine" not in summary
+    assert (merged / "pytorch_lora_weights.safetensors").read_bytes() != refined
+
+
 def test_adding_all_single_keeps_the_category_experts_key(repo):
     fleet = load_config(repo / "configs/toy-smoke.yaml")
     both = load_config(repo / "configs/toy-smoke.yaml", ["training.experts=both"])

@@ -202,6 +202,23 @@ CoMergeRouting = Literal["winner", "active"]
 MergeBaseline = Literal["co_merge_element", "co_merge_row", "co_merge_token", MergeRule]
 
 
+class RefineSection(Section):
+    """Distil every expert into the merged LoRA, end to end (``alignguard/merge/refine.py``).
+
+    Needs the synthesis stage's training cache (the model's renders of each category's pairs)."""
+
+    steps: NonNegativeInt = Field(0, description="optimizer steps; 0 writes the merge as it is")
+    learning_rate: PositiveFloat = 3e-3
+    batch_size: PositiveInt = Field(
+        32, description="distillation inputs per step (split over the categories)"
+    )
+    preserve_weight: NonNegativeFloat = Field(
+        1.0, description="weight of keeping the base model's predictions on safe and empty prompts"
+    )
+    probe_size: PositiveInt = Field(64, description="fixed inputs per category for the retention report")
+    seed: NonNegativeInt = 0
+
+
 class MergeSection(Section):
     """Merging the category experts into one LoRA."""
 
@@ -229,6 +246,7 @@ class MergeSection(Section):
     baselines: tuple[MergeBaseline, ...] = Field(
         (), description="also write these merges to <run>/merge_baselines/<name>/ (same rank, density, scale)"
     )
+    refine: RefineSection = RefineSection()
 
     @model_validator(mode="after")
     def _consistent(self) -> MergeSection:

@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 
-import torch
 from tqdm.auto import tqdm
 
 from alignguard.config.schema import ExperimentConfig
@@ -95,6 +94,11 @@ def preflight(run: RunDir, config: ExperimentConfig) -> dict[str, str]:
 
         with _as_input_error(CalibrationUnavailable):
             select_provider(config, run)
+    if config.merge.refine.steps and not stage_status(run.sub("synthesis"), verify_hashes=False).complete:
+        raise MergeInputError(
+            f"merge.refine needs the synthesis stage's training cache, and {run.url('synthesis')} is not "
+            "complete: run `alignguard synthesize` (or the pipeline) first, or set merge.refine.steps=0"
+        )
     return paths
 
 
@@ -168,18 +172,16 @@ def calibrate(
     config: ExperimentConfig,
     run: RunDir,
     experts: dict[str, LoraFile],
-    device: torch.device,
+    pipe,
     kinds: list[str],
     log: Callable,
 ) -> tuple[dict[str, Stats], dict]:
     """Build the calibration set with the configured provider and record the statistics of
     each kind in ``kinds`` (one UNet pass per expert for ``activation``, two for ``routed``)."""
     from alignguard.merge.providers import CalibrationUnavailable, select_provider
-    from alignguard.models import load_pipeline
 
     with _as_input_error(CalibrationUnavailable):
         source, provider = select_provider(config, run)
-    pipe = load_pipeline(config.model, device=device)
     data = provider(config, pipe, run)
     calibration = config.merge.calibration
     passes = {"activation": len(experts), "routed": 2}
@@ -246,8 +248,9 @@ def _report(result: MergeResult, experts: dict[str, LoraFile], inputs: dict, cal
 
 
 def _merge_and_write(
-    stage: RunDir, experts, options, stats, device, report_extra: tuple, plots: bool
+    stage: RunDir, experts, options, stats, device, report_extra: tuple, plots: bool, refine=None
 ) -> tuple[list[str], dict]:
+    """Merge, optionally refine (``refine``: factors -> (factors, report)), write file + report."""
     start = time.perf_counter()
     with tqdm(
         total=len({n for e in experts.values() for n in e.layers}), desc=options.label, unit="layer"
@@ -256,7 +259,11 @@ def _merge_and_write(
             experts, options, _pick(stats, options), device, on_layer=lambda _: bar.update()
         )
     report = _report(result, experts, *report_extra, time.perf_counter() - start)
-    stage.write_bytes(LORA_NAME, lora_file_bytes(result.file_factors()))
+    factors = result.file_factors()
+    if refine is not None:
+        factors, report["refine"] = refine(factors)
+        report["summary"]["refine"] = {k: report["refine"][k] for k in ("before", "after")}
+    stage.write_bytes(LORA_NAME, lora_file_bytes(factors))
     stage.write_json(REPORT_NAME, report)
     written = [LORA_NAME, REPORT_NAME]
     if plots:
@@ -286,6 +293,39 @@ def _write_baselines(stage: RunDir, baselines: dict, merge_args: tuple, manifest
     write_manifest(stage, manifest)
 
 
+def _refiner(config: ExperimentConfig, run: RunDir, pipe, experts, device, timings: Timings, log):
+    """``factors -> (refined factors, report)`` distilling the experts end to end (refine.py)."""
+    from alignguard.merge.refine import RefineOptions, refine_data, refine_factors
+    from alignguard.synthesis.store import load_pair_cache
+
+    section = config.merge.refine
+    options = RefineOptions(**section.model_dump())
+    with _as_input_error(FileNotFoundError, ValueError):
+        data = refine_data(load_pair_cache(run.sub("synthesis")), list(experts))
+
+    def refine(factors):
+        log(f"refine: distilling {len(experts)} experts into the merged LoRA, {section.steps} steps")
+        with timings.measure("refine"), tqdm(total=section.steps, desc="refine", unit="step") as bar:
+            refined, report = refine_factors(
+                pipe.unet,
+                pipe.scheduler,
+                data,
+                experts,
+                factors,
+                options,
+                device,
+                on_step=lambda _: bar.update(),
+            )
+        before, after = report["before"], report["after"]
+        log(
+            f"refine: min retention {before['min_retention']:.3f} -> {after['min_retention']:.3f}, "
+            f"drift {before['drift']:.4f} -> {after['drift']:.4f}"
+        )
+        return refined, report
+
+    return refine
+
+
 def run_merge_stage(
     config: ExperimentConfig, force: bool = False, log: Callable[[str], None] = print
 ) -> dict:
@@ -305,9 +345,14 @@ def run_merge_stage(
     stats: dict[str, Stats] = {}
     calibration = None
     kinds = _calibration_kinds([main, *baselines.values()])
+    pipe = None
+    if kinds or config.merge.refine.steps:
+        from alignguard.models import load_pipeline
+
+        pipe = load_pipeline(config.model, device=device)
     if kinds:
         with timings.measure("calibration"):
-            stats, calibration = calibrate(config, run, experts, device, kinds, log)
+            stats, calibration = calibrate(config, run, experts, pipe, kinds, log)
     inputs = {n: {"file": paths[n], "sha256": hashes[n]} for n in experts}
     extra = (inputs, calibration)
     manifest_common = dict(
@@ -319,8 +364,9 @@ def run_merge_stage(
     if baselines:
         _write_baselines(run.sub(BASELINES_DIR), baselines, (experts, stats, device, extra), manifest_common)
     stage = run.sub(MERGED_DIR)
+    refine = _refiner(config, run, pipe, experts, device, timings, log) if config.merge.refine.steps else None
     with timings.measure(f"merge_{main.label}"):
-        written, summary = _merge_and_write(stage, experts, main, stats, device, extra, True)
+        written, summary = _merge_and_write(stage, experts, main, stats, device, extra, True, refine)
     if stats:
         save_tensors(
             stage, STATS_NAME, {f"{k}/{n}": t for k, v in stats.items() for n, t in v.tensors().items()}

@@ -15,13 +15,16 @@ Merge <run>/experts/<category>/pytorch_lora_weights.safetensors (every category 
 into <run>/merged/pytorch_lora_weights.safetensors, with merge_report.json, plots and manifest.json.
 The work runs in a Ray actor placed by resources.merge (a GPU worker in production).
 
-Strategy and options are config (merge.*): strategy co_merge (granularity element|row, calibrated
-on prompts of every category), linear, task_arithmetic, ties, dare_linear, dare_ties,
+Strategy and options are config (merge.*): strategy co_merge (granularity token|element|row,
+calibrated on prompts of every category), linear, task_arithmetic, ties, dare_linear, dare_ties,
 magnitude_prune, concat; merge.rank (null: exact), merge.density, merge.scale, merge.svd;
 merge.baselines also writes the listed merges to <run>/merge_baselines/<name>/.
+merge.refine.steps > 0 then distils every expert into the merged LoRA end to end (needs the
+synthesis stage's cache; the report records each expert's retention before and after).
 
 examples:
   alignguard merge --config configs/toy.yaml
+  alignguard merge --config configs/toy.yaml merge.refine.steps=0        # Co-Merge alone
   alignguard merge --config configs/toy.yaml merge.strategy=ties merge.rank=16 run.output_dir=runs/x
 """
 
