@@ -12,9 +12,10 @@ Per model it measures, after one warm-up call each:
   projections, AdamW on the LoRA, cached latents and text embeddings (as the experts train);
 - serving: latency of one request (1 image, same steps) + its JPEG encoding, median of a few;
 - DPO through DeepSpeed (on by default on a GPU): the same step wrapped in a DeepSpeed engine built
-  from the project's own config (``alignguard.training.deepspeed_config``: bf16 with fp32 master
-  weights, AdamW, clipping, ZeRO stage from ``training``), NCCL process group of one rank, as the
-  expert fleet's workers run it; reported as pairs/s and as a ratio to the plain torch step.
+  by the project's ``alignguard.training.deepspeed_config`` from the schema's default ``training``
+  section (bf16 with fp32 master weights, AdamW, clipping 1.0, ZeRO 0), on an NCCL process group
+  of one rank, as the expert fleet's workers run it; reported as pairs/s and as a ratio to the
+  plain torch step. ``benchmarks/deepspeed_step.py`` compares the other ZeRO stages and optimizers.
 
 FLOPs are counted with torch's FLOP counter on the very call that is timed (one UNet forward; one
 training step), not taken from a table; the full-size counts are printed next to the anchors in
