@@ -149,6 +149,7 @@ def test_merge_refines_co_merge_by_distilling_the_experts_through_the_cli(
     merged = tmp_path / "merged"
     report = json.loads((merged / "merge_report.json").read_text())
     assert report["refine"]["options"]["steps"] == 20 and report["refine"]["history"][-1]["step"] == 20
+    assert (merged / "refine.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     refined = (merged / "pytorch_lora_weights.safetensors").read_bytes()
     pipe = load_toy_pipeline()
     load_lora(pipe, merged / "pytorch_lora_weights.safetensors")  # stock diffusers loads it
@@ -158,6 +159,7 @@ def test_merge_refines_co_merge_by_distilling_the_experts_through_the_cli(
     assert main([*command, "merge.refine.steps=0"]) == 0  # another key: merged again, unrefined
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["skipped"] is False and "refine" not in summary
+    assert not (merged / "refine.png").exists()  # published stage directories hold only their outputs
     assert (merged / "pytorch_lora_weights.safetensors").read_bytes() != refined
 
 

@@ -3,7 +3,8 @@
 ``winner_share.png`` (Co-Merge only: stacked share of positions each expert won, per layer),
 ``sign_conflict.png``, ``delta_norms.png`` (each expert's ‖ΔW‖ and the merged one, per layer) and
 ``svd_energy.png`` (energy kept by the factorisation, and the rank written). Layers run along x in
-file order; labels are shortened module paths.
+file order; labels are shortened module paths. With ``merge.refine``: ``refine.png`` (each
+expert's retention before and after refinement, and the loss curves).
 """
 
 from __future__ import annotations
@@ -12,6 +13,11 @@ import io
 from collections.abc import Callable
 
 from alignguard.merge.diagnostics import LayerDiagnostics
+
+# Every plot a merge stage may write: a rerun removes the ones it no longer writes.
+PLOT_NAMES = frozenset(
+    {"winner_share.png", "sign_conflict.png", "delta_norms.png", "svd_energy.png", "refine.png"}
+)
 
 
 def _short(name: str) -> str:
@@ -89,3 +95,43 @@ def render_plots(layers: list[LayerDiagnostics], experts: list[str], label: str)
     plots["delta_norms.png"] = _figure(layers, f"{label}: ΔW norms", norms)
     plots["svd_energy.png"] = _figure(layers, f"{label}: factorisation energy kept", energy)
     return plots
+
+
+def render_refine_plot(report: dict, label: str) -> bytes | None:
+    """``refine.png``: retention per expert before/after (left), distillation and preservation
+    losses per step (right); None without matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    experts = list(report["before"]["retention"])
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
+    x = range(len(experts))
+    for offset, key in ((-0.2, "before"), (0.2, "after")):
+        values = [report[key]["retention"][e] for e in experts]
+        bars.bar(
+            [i + offset for i in x], values, width=0.4, label=f"{key} (drift {report[key]['drift']:.3f})"
+        )
+    bars.set_xticks(list(x))
+    bars.set_xticklabels(experts, rotation=30, fontsize=7, ha="right")
+    bars.set_ylim(min(0.0, *(report["before"]["retention"].values())), 1.05)
+    bars.set_ylabel("retention (1: reproduces the expert)")
+    bars.legend(fontsize=7)
+    bars.grid(axis="y", alpha=0.3)
+    steps = [h["step"] for h in report["history"]]
+    for key in ("distil", "preserve"):
+        curves.plot(steps, [h[key] for h in report["history"]], label=key)
+    curves.set_yscale("log")
+    curves.set_xlabel("step")
+    curves.set_ylabel("MSE")
+    curves.legend(fontsize=7)
+    curves.grid(alpha=0.3)
+    fig.suptitle(f"{label}: refinement (distilling the experts into the merged LoRA)")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()

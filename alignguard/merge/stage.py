@@ -43,7 +43,7 @@ from alignguard.io import (
 from alignguard.merge.calibration import LayerMismatchError, collect_activation_stats, collect_routed_stats
 from alignguard.merge.engine import MergeOptions, MergeResult, Stats, merge_experts
 from alignguard.merge.lora_file import LoraFile, LoraFormatError, lora_file_bytes, read_lora_bytes
-from alignguard.merge.plots import render_plots
+from alignguard.merge.plots import PLOT_NAMES, render_plots, render_refine_plot
 
 LORA_NAME = "pytorch_lora_weights.safetensors"
 REPORT_NAME = "merge_report.json"
@@ -267,9 +267,16 @@ def _merge_and_write(
     stage.write_json(REPORT_NAME, report)
     written = [LORA_NAME, REPORT_NAME]
     if plots:
-        for name, png in render_plots(result.diagnostics, result.experts, options.label).items():
-            stage.write_bytes(name, png)
-            written.append(name)
+        rendered = render_plots(result.diagnostics, result.experts, options.label)
+        if "refine" in report and report["refine"]["history"]:
+            rendered["refine.png"] = render_refine_plot(report["refine"], options.label)
+        for name, png in rendered.items():
+            if png is not None:
+                stage.write_bytes(name, png)
+                written.append(name)
+        for stale in sorted(PLOT_NAMES - set(written)):  # an earlier merge's plot is not this one's
+            if stage.exists(stale):
+                stage.remove(stale)
     return written, report["summary"]
 
 
