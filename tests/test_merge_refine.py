@@ -135,6 +135,7 @@ def test_refinement_learns_both_experts_into_one_lora_and_is_seeded():
     assert before["min_retention"] < 0.35 and after["min_retention"] > 0.55
     assert after["drift"] < before["drift"] / 3
     assert len(report["history"]) >= 2 and report["history"][-1]["step"] == 60
+    assert len({h["step"] for h in report["history"]}) == len(report["history"])  # no step twice
     assert {name: up.shape[1] for name, (up, _) in refined.items()} == {n: 8 for n in average}  # rank kept
     again, _ = refine_factors(pipe.unet, pipe.scheduler, data, experts, average, options, torch.device("cpu"))
     for name in refined:

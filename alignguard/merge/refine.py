@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -191,14 +191,12 @@ def refine_factors(
 ) -> tuple[Factors, dict]:
     """Train ``factors`` (the merged LoRA) to reproduce each expert on its own category's unsafe
     prompts and the base model on safe and empty prompts. Returns the new factors (fp32, CPU) and
-    a report: options, the loss history, and retention/drift before and after."""
-    dtype = next(unet.parameters()).dtype
-    unet.requires_grad_(False)
-    categories = list(data.categories)
-    missing = sorted(set(categories) - set(experts))
+    a report: options, the loss history (at most ~50 points), and retention/drift before and after."""
+    missing = sorted(set(data.categories) - set(experts))
     if missing:
         raise ValueError(f"merge.refine: no expert for categories {missing}")
-    teachers = {c: expert_factors(experts[c], device) for c in categories}
+    unet.requires_grad_(False)
+    teachers = {c: expert_factors(experts[c], device) for c in data.categories}
     student = {
         name: (
             torch.nn.Parameter(up.detach().to(device, torch.float32).clone()),
@@ -207,46 +205,60 @@ def refine_factors(
         for name, (up, down) in factors.items()
     }
     modules = sorted(set(student) | {n for t in teachers.values() for n in t})
-    generator = torch.Generator().manual_seed(options.seed)
-    probes = _probes(data, options, scheduler, device, dtype)
+    probes = _probes(data, options, scheduler, device, next(unet.parameters()).dtype)
     optimizer = torch.optim.AdamW([p for pair in student.values() for p in pair], lr=options.learning_rate)
+    generator = torch.Generator().manual_seed(options.seed)
     history = []
     was_training = unet.training
     unet.eval()
-    with low_rank_hooks(unet, modules) as hooks:
-        before = _measure(unet, hooks, student, teachers, probes)
-        per_category = -(-options.batch_size // len(categories))
-        for step in range(options.steps):
-            inputs, targets = [], []
-            with torch.no_grad():
-                for category in categories:
-                    source = data.categories[category]
-                    inputs.append(_draw(source, per_category, generator, scheduler, device, dtype))
-                    targets.append(_predict(unet, hooks, teachers[category], inputs[-1]))
-            distil_in, distil_target = _concat(inputs), torch.cat(targets)
-            keep_in = _draw(data.preserve, options.batch_size, generator, scheduler, device, dtype)
-            with torch.no_grad():
-                keep_target = _predict(unet, hooks, None, keep_in)
-            distil = torch.nn.functional.mse_loss(_predict(unet, hooks, student, distil_in), distil_target)
-            keep = torch.nn.functional.mse_loss(_predict(unet, hooks, student, keep_in), keep_target)
-            loss = distil + options.preserve_weight * keep
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            history.append({"step": step + 1, "distil": distil.item(), "preserve": keep.item()})
-            if on_step is not None:
-                on_step(step + 1)
-        after = _measure(unet, hooks, student, teachers, probes)
-        hooks.use(None)
-    unet.train(was_training)
+    try:
+        with low_rank_hooks(unet, modules) as hooks:
+            before = _measure(unet, hooks, student, teachers, probes)
+            step_losses = _StepLosses(unet, scheduler, hooks, data, teachers, options, generator, device)
+            for step in range(options.steps):
+                distil, keep = step_losses(student)
+                optimizer.zero_grad(set_to_none=True)
+                (distil + options.preserve_weight * keep).backward()
+                optimizer.step()
+                history.append({"step": step + 1, "distil": distil.item(), "preserve": keep.item()})
+                if on_step is not None:
+                    on_step(step + 1)
+            after = _measure(unet, hooks, student, teachers, probes)
+    finally:
+        unet.train(was_training)
     refined = {name: (up.detach().cpu(), down.detach().cpu()) for name, (up, down) in student.items()}
-    report = {
-        "options": options.__dict__,
-        "before": before,
-        "after": after,
-        "history": history[:: max(1, len(history) // 50)] + history[-1:],
-    }
-    return refined, report
+    thinned = history[:: max(1, len(history) // 50)]
+    if history and thinned[-1] is not history[-1]:
+        thinned.append(history[-1])
+    return refined, {"options": asdict(options), "before": before, "after": after, "history": thinned}
+
+
+class _StepLosses:
+    """One step's (distillation, preservation) MSE of a student: fresh noised inputs, every
+    category's share distilled from its expert, the preservation batch from the base model."""
+
+    def __init__(self, unet, scheduler, hooks, data: RefineData, teachers, options, generator, device):
+        self.unet, self.scheduler, self.hooks, self.data = unet, scheduler, hooks, data
+        self.teachers, self.options, self.generator, self.device = teachers, options, generator, device
+        self.dtype = next(unet.parameters()).dtype
+        self.per_category = -(-options.batch_size // len(data.categories))
+
+    def _draw(self, source, count: int):
+        return _draw(source, count, self.generator, self.scheduler, self.device, self.dtype)
+
+    def __call__(self, student) -> tuple[torch.Tensor, torch.Tensor]:
+        unet, hooks = self.unet, self.hooks
+        inputs, targets = [], []
+        with torch.no_grad():
+            for category, source in self.data.categories.items():
+                inputs.append(self._draw(source, self.per_category))
+                targets.append(_predict(unet, hooks, self.teachers[category], inputs[-1]))
+            keep_in = self._draw(self.data.preserve, self.options.batch_size)
+            keep_target = _predict(unet, hooks, None, keep_in)
+        distil_in = _concat(inputs)
+        distil = torch.nn.functional.mse_loss(_predict(unet, hooks, student, distil_in), torch.cat(targets))
+        keep = torch.nn.functional.mse_loss(_predict(unet, hooks, student, keep_in), keep_target)
+        return distil, keep
 
 
 def _probes(data: RefineData, options: RefineOptions, scheduler, device, dtype) -> dict:
