@@ -54,32 +54,6 @@ def time_steps(step, steps: int, device) -> float:
     return gpu.timed(lambda: [step() for _ in range(steps)], device) / steps
 
 
-def deepspeed_variant(pipe, plan, device, dtype, overrides: dict, deepspeed):
-    from alignguard.config.schema import TrainingSection
-    from alignguard.training.deepspeed_config import deepspeed_config
-    from alignguard.training.step import preference_loss
-
-    _, (unet, scheduler, batch, generator) = gpu.dpo_step(pipe, plan, device, dtype)
-    training = TrainingSection(batch_size=plan.dpo_batch, learning_rate=1e-5, **overrides)
-    config = deepspeed_config(training, on_gpu=device.type == "cuda", world_size=1)
-    trainable = [p for p in unet.parameters() if p.requires_grad]
-    optimizer = None
-    if training.optimizer == "adafactor":  # a client optimizer, as cluster/expert_loop.py passes it
-        from transformers.optimization import Adafactor
-
-        optimizer = Adafactor(trainable, lr=1e-5, relative_step=False, scale_parameter=False)
-    engine, *_ = deepspeed.initialize(
-        model=unet, model_parameters=trainable, optimizer=optimizer, config=config
-    )
-
-    def step() -> None:
-        out = preference_loss(engine.module, scheduler, batch, generator, loss="dpo", beta=5000.0)
-        engine.backward(out.loss)
-        engine.step()
-
-    return step
-
-
 def master_weights_step(pipe, plan, device, dtype):
     """Plain torch doing DeepSpeed's work: fp32 LoRA weights, bf16 autocast, clipping, fused AdamW."""
     from alignguard.training.step import preference_loss
@@ -107,7 +81,7 @@ def make_step(name: str, overrides: dict | None, pipe, plan, device, dtype, deep
         return gpu.dpo_step(pipe, plan, device, dtype)[0]
     if name == MASTER:
         return master_weights_step(pipe, plan, device, dtype)
-    return deepspeed_variant(pipe, plan, device, dtype, overrides, deepspeed)
+    return gpu.deepspeed_dpo_step(pipe, plan, device, dtype, deepspeed, **overrides)
 
 
 def run_family(plan, dry_run: bool, device, dtype, deepspeed, rounds: int) -> dict:
@@ -132,13 +106,20 @@ def run_family(plan, dry_run: bool, device, dtype, deepspeed, rounds: int) -> di
     }
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--models", default="sd15,sdxl", help="comma-separated: sd15, sdxl")
     parser.add_argument("--dry-run", action="store_true", help="tiny models on the CPU (fp32, gloo)")
-    parser.add_argument("--rounds", type=int, default=2, help="passes over the rows (best of them is kept)")
+    parser.add_argument("--rounds", type=_positive_int, default=2, help="passes over the rows (best is kept)")
     args = parser.parse_args(argv)
     families = [m.strip() for m in args.models.split(",") if m.strip()]
     if not families or set(families) - set(gpu.FULL):

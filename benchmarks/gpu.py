@@ -277,27 +277,40 @@ def _single_rank_process_group(device: torch.device, deepspeed) -> str:
     return dist.get_backend()
 
 
-def measure_dpo_deepspeed(pipe, plan: Plan, device, dtype, peak: float | None, r: Result) -> None:
-    """The DPO step as the expert fleet runs it: a DeepSpeed engine from the project's config."""
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if device.type == "cuda" else "cpu")
-    import deepspeed
-
+def deepspeed_dpo_step(pipe, plan: Plan, device, dtype, deepspeed, **training) -> Callable[[], None]:
+    """One DPO step through a DeepSpeed engine built as the expert fleet builds it (the project's
+    ``deepspeed_config`` and client optimizer), from ``TrainingSection(**training)`` at the plan's
+    micro-batch. Adds the LoRA to ``pipe.unet`` if it has none."""
     from alignguard.config.schema import TrainingSection
-    from alignguard.training.deepspeed_config import deepspeed_config
+    from alignguard.training.deepspeed_config import client_optimizer, deepspeed_config
     from alignguard.training.step import preference_loss
 
-    r.deepspeed_backend = _single_rank_process_group(device, deepspeed)
-    plain_step, (unet, scheduler, batch, generator) = dpo_step(pipe, plan, device, dtype)
-    training = TrainingSection(batch_size=plan.dpo_batch, learning_rate=1e-5)
-    config = deepspeed_config(training, on_gpu=device.type == "cuda", world_size=1)
+    _, (unet, scheduler, batch, generator) = dpo_step(pipe, plan, device, dtype)
+    config = TrainingSection(**{"batch_size": plan.dpo_batch, "learning_rate": 1e-5, **training})
     trainable = [p for p in unet.parameters() if p.requires_grad]
-    engine, *_ = deepspeed.initialize(model=unet, model_parameters=trainable, config=config)
+    engine, *_ = deepspeed.initialize(
+        model=unet,
+        model_parameters=trainable,
+        optimizer=client_optimizer(config, trainable),
+        config=deepspeed_config(config, on_gpu=device.type == "cuda", world_size=1),
+    )
 
     def step() -> None:
         out = preference_loss(engine.module, scheduler, batch, generator, loss="dpo", beta=5000.0)
         engine.backward(out.loss)
         engine.step()
 
+    return step
+
+
+def measure_dpo_deepspeed(pipe, plan: Plan, device, dtype, peak: float | None, r: Result) -> None:
+    """The DPO step as the expert fleet runs it (schema-default ``training``), against the plain one."""
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if device.type == "cuda" else "cpu")
+    import deepspeed
+
+    r.deepspeed_backend = _single_rank_process_group(device, deepspeed)
+    plain_step = dpo_step(pipe, plan, device, dtype)[0]
+    step = deepspeed_dpo_step(pipe, plan, device, dtype, deepspeed)
     plain_step()
     step()  # warm-ups
     # Side by side in one run: the ratio, not either lone figure, is what this measures.

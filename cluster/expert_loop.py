@@ -91,7 +91,7 @@ def _build(config, expert: ExpertSpec, device: torch.device, world: int, deepspe
 
     from alignguard.lora import add_lora
     from alignguard.models.loading import resolve_model_path
-    from alignguard.training.deepspeed_config import deepspeed_config
+    from alignguard.training.deepspeed_config import client_optimizer, deepspeed_config
 
     path = resolve_model_path(config.model)
     unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet").to(device)
@@ -104,19 +104,11 @@ def _build(config, expert: ExpertSpec, device: torch.device, world: int, deepspe
     on_gpu = device.type == "cuda"
     ds_config = deepspeed_config(config.training, on_gpu, world)
     trainable = [p for p in unet.parameters() if p.requires_grad]
-    client_optimizer = None
-    if config.training.optimizer == "adafactor":
-        from transformers.optimization import Adafactor
-
-        client_optimizer = Adafactor(
-            trainable,
-            lr=config.training.learning_rate,
-            relative_step=False,
-            scale_parameter=False,
-            warmup_init=False,
-        )
     engine, _, _, _ = deepspeed.initialize(
-        model=unet, model_parameters=trainable, optimizer=client_optimizer, config=ds_config
+        model=unet,
+        model_parameters=trainable,
+        optimizer=client_optimizer(config.training, trainable),
+        config=ds_config,
     )
     dtype = (
         torch.bfloat16

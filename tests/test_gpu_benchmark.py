@@ -90,3 +90,14 @@ def test_deepspeed_step_benchmark_runs_every_variant_on_the_cpu(repo):
     assert line["backend"] == "gloo" and len(rows) == 2 + 8
     assert "deepspeed zero2 clip1.0 adafactor" in rows  # configs/sdxl.yaml's combination
     assert all(row["pairs_per_s"] > 0 for row in rows.values())
+
+
+def test_deepspeed_step_benchmark_refuses_zero_rounds(repo, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "benchmark_ds_step", repo / "benchmarks" / "deepspeed_step.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--dry-run", "--rounds", "0"])
+    assert exit_info.value.code == 2 and "--rounds: must be >= 1, got 0" in capsys.readouterr().err

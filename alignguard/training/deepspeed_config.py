@@ -56,3 +56,19 @@ def deepspeed_config(training: TrainingSection, on_gpu: bool, world_size: int) -
         },
     }
     return config
+
+
+def client_optimizer(training: TrainingSection, parameters: list):
+    """The optimizer DeepSpeed is handed instead of building one (Adafactor), or None (AdamW is in
+    the config). Constant learning rate: DeepSpeed's WarmupLR schedules it."""
+    if training.optimizer != "adafactor":
+        return None
+    from transformers.optimization import Adafactor
+
+    return Adafactor(
+        parameters,
+        lr=training.learning_rate,
+        relative_step=False,
+        scale_parameter=False,
+        warmup_init=False,
+    )
