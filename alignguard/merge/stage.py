@@ -94,12 +94,25 @@ def preflight(run: RunDir, config: ExperimentConfig) -> dict[str, str]:
 
         with _as_input_error(CalibrationUnavailable):
             select_provider(config, run)
-    if config.merge.refine.steps and not stage_status(run.sub("synthesis"), verify_hashes=False).complete:
-        raise MergeInputError(
-            f"merge.refine needs the synthesis stage's training cache, and {run.url('synthesis')} is not "
-            "complete: run `alignguard synthesize` (or the pipeline) first, or set merge.refine.steps=0"
-        )
+    if config.merge.refine.steps:
+        _check_refine_inputs(run)
     return paths
+
+
+def _check_refine_inputs(run: RunDir) -> None:
+    """merge.refine distils over the synthesis stage's training cache: it must be there."""
+    from alignguard.synthesis.store import has_pair_cache
+
+    synthesis = run.sub("synthesis")
+    why = None
+    if not stage_status(synthesis, verify_hashes=False).complete:
+        why = f"{run.url('synthesis')} is not complete: run `alignguard synthesize` (or the pipeline) first"
+    elif not has_pair_cache(synthesis):
+        why = f"{run.url('synthesis')} has no training cache: synthesize with synthesis.cache_latents=true"
+    if why is not None:
+        raise MergeInputError(
+            f"merge.refine needs the synthesis stage's training cache, and {why}; or set merge.refine.steps=0"
+        )
 
 
 def load_experts(run: RunDir, paths: dict[str, str]) -> tuple[dict[str, LoraFile], dict[str, str]]:

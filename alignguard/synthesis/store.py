@@ -219,15 +219,20 @@ class PairCache:
         )
 
 
+def has_pair_cache(stage: RunDir) -> bool:
+    """Whether the synthesis stage wrote a training cache (``synthesis.cache_latents``)."""
+    markers = read_markers(stage)
+    return bool(markers) and markers[0].get("cache") is not None
+
+
 def load_pair_cache(stage: RunDir) -> PairCache:
     """Read every cache shard of a complete synthesis stage into memory (float32)."""
-    markers = read_markers(stage)
-    if not markers or markers[0].get("cache") is None:
+    if not has_pair_cache(stage):
         raise FileNotFoundError(
             f"no training cache in {stage.uri}; run synthesis with synthesis.cache_latents=true"
         )
     pair_ids, categories, parts = [], [], []
-    for marker in markers:
+    for marker in read_markers(stage):
         pair_ids += [row["pair_id"] for row in marker["pairs"]]
         categories += [list(row["categories"]) for row in marker["pairs"]]
         parts.append(load_numpy(stage.read_bytes(marker["cache"]["path"])))
