@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from alignguard.config import ConfigError, load_config
-from alignguard.io import RunDir, stage_status
+from alignguard.io import Manifest, RunDir, describe_outputs, stage_status, write_manifest
 from alignguard.merge.stage import BASELINES_DIR, MERGED_DIR, MergeInputError, check_experts
 from alignguard.merge.synthetic import write_random_experts
 from jobs.cli import main
@@ -91,6 +91,25 @@ def test_refinement_without_a_synthesis_cache_fails_before_any_work(repo, tmp_pa
     assert main(["merge", "--config", str(repo / SMOKE), *overrides]) == 2
     err = capsys.readouterr().err
     assert "merge.refine needs the synthesis stage's training cache" in err
+    assert "or set merge.refine.steps=0" in err
+    assert not (tmp_path / MERGED_DIR).exists()
+
+
+def test_refinement_refuses_a_synthesis_stage_rendered_without_its_training_cache(repo, tmp_path, capsys):
+    # A complete synthesis stage (manifest written) whose shards carry images only:
+    # synthesis.cache_latents=false. Refinement has nothing to distil over and must say so first.
+    config = load_config(repo / SMOKE, [f"run.output_dir={tmp_path}", "data.categories=[hate]"])
+    _write_toy_experts(tmp_path, config)
+    synthesis = RunDir(tmp_path).sub("synthesis")
+    synthesis.write_json("shards/shard-00000.json", {"shard_id": 0, "pairs": [], "files": {}, "cache": None})
+    outputs = describe_outputs(synthesis, ["shards/shard-00000.json"])
+    write_manifest(synthesis, Manifest(stage="synthesis", config={}, config_hash="x", outputs=outputs))
+    assert stage_status(synthesis).complete
+
+    overrides = [f"run.output_dir={tmp_path}", "data.categories=[hate]", "merge.refine.steps=5"]
+    assert main(["merge", "--config", str(repo / SMOKE), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert "has no training cache: synthesize with synthesis.cache_latents=true" in err
     assert "or set merge.refine.steps=0" in err
     assert not (tmp_path / MERGED_DIR).exists()
 
