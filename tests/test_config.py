@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pydantic
@@ -48,6 +49,25 @@ def test_override_sets_a_nested_key(repo):
     assert config.training.lora.rank == 8
     assert config.run.output_dir == "/tmp/x"
     assert load_config(repo / "configs/sd15.yaml").training.lora.rank == 4
+
+
+def test_local_paths_are_resolved_where_the_config_is_loaded(repo, tmp_path, monkeypatch):
+    # Ray workers do not share the driver's working directory (Ray Train's chdir to their run's
+    # artifacts dir), so a relative path must leave the driver already resolved.
+    (tmp_path / "weights").mkdir()
+    monkeypatch.chdir(tmp_path)
+    config = load_config(repo / "configs/toy.yaml", ["data.source=csv", "data.path=pairs.csv"])
+    assert config.run.output_dir == str(tmp_path / "runs/toy")  # the YAML's runs/toy
+    assert config.model.path == "toyworld"  # the shipped model's name, not a path
+    assert config.data.path == "pairs.csv"  # not here: left as given, for its own clear error
+    assert load_config(repo / "configs/sd15.yaml", ["model.path=weights"]).model.path == str(
+        tmp_path / "weights"
+    )
+    hub = load_config(repo / "configs/sd15.yaml", ["run.output_dir=s3://bucket/run"])
+    assert hub.model.path == "stable-diffusion-v1-5/stable-diffusion-v1-5"  # a hub id stays one
+    assert hub.run.output_dir == "s3://bucket/run"
+    home = load_config(repo / "configs/toy.yaml", ["run.output_dir=~/r"])
+    assert home.run.output_dir == os.path.expanduser("~/r")
 
 
 def test_override_parses_yaml_values(repo):

@@ -36,20 +36,24 @@ def _steps(run, expert: str) -> list[int]:
     return [json.loads(line)["step"] for line in lines]
 
 
-def test_two_experts_train_concurrently_and_load_in_stock_diffusers(synthesized, repo):
+def test_two_experts_train_concurrently_and_load_in_stock_diffusers(synthesized, repo, monkeypatch):
     from alignguard.toyworld.report import load_lora
     from alignguard.toyworld.store import load_toy_pipeline
 
-    run, overrides = synthesized
+    run, _ = synthesized
+    # A relative run directory, as README command 1 has (runs/toy): Ray Train's workers run in
+    # their own artifacts directory, so the config must carry it resolved.
+    monkeypatch.chdir(run.parent)
     config = _config(
         repo,
-        overrides,
+        [f"run.output_dir={run.name}", f"data.categories={CATEGORIES}"],
         "training.steps=6",
         "training.checkpoint_every=3",
         "training.log_every=2",
         "training.monitor_every=3",
         "training.monitor_prompts=2",
     )
+    assert config.run.output_dir == str(run)
     outcomes = run_fleet(config)
     assert [(o.name, o.status) for o in outcomes] == [("hate", "trained"), ("violence", "trained")]
     for outcome in outcomes:

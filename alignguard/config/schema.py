@@ -7,9 +7,10 @@ pydantic model that forbids unknown keys, so a typo fails loudly with its full k
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from alignguard.data.taxonomy import CATEGORIES, Category
 
@@ -18,6 +19,30 @@ NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
+
+
+def _is_uri(value: str) -> bool:
+    return "://" in value
+
+
+def _absolute_run_location(value: str) -> str:
+    """A local run directory as an absolute path; URIs unchanged.
+
+    Resolved once, where the config is loaded (the driver): Ray workers do not share its working
+    directory (Ray Train's workers chdir to their run's artifacts dir), so a relative path would
+    name another directory on each of them."""
+    return value if _is_uri(value) else os.path.abspath(os.path.expanduser(value))
+
+
+def _absolute_if_local(value: str | None) -> str | None:
+    """An input path that exists here, made absolute (see above); hub ids and URIs unchanged."""
+    if value is None or _is_uri(value) or not os.path.exists(os.path.expanduser(value)):
+        return value
+    return os.path.abspath(os.path.expanduser(value))
+
+
+RunLocation = Annotated[str, Field(min_length=1), AfterValidator(_absolute_run_location)]
+InputPath = Annotated[str, AfterValidator(_absolute_if_local)]
 
 
 class Section(BaseModel):
@@ -30,7 +55,9 @@ class RunSection(Section):
     """Where a run's artifacts go and how it is seeded."""
 
     name: str = Field("alignguard", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    output_dir: str = Field("runs/toy", min_length=1, description="local path, s3:// or gs:// URI")
+    output_dir: RunLocation = Field(
+        "runs/toy", description="local path (made absolute where the config is loaded), s3:// or gs:// URI"
+    )
     seed: NonNegativeInt = 0
 
 
@@ -38,7 +65,9 @@ class ModelSection(Section):
     """The text-to-image model to align (and to render the pairs with)."""
 
     family: Literal["toy", "sd15", "sd21", "sdxl"] = "toy"
-    path: str = Field("toyworld", min_length=1, description="'toyworld' (shipped), a local dir or a hub id")
+    path: InputPath = Field(
+        "toyworld", min_length=1, description="'toyworld' (shipped), a local dir or a hub id"
+    )
     revision: str | None = None
     variant: str | None = Field(None, description="weights variant, e.g. 'fp16'")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -59,7 +88,7 @@ class DataSection(Section):
     """Where the prompt pairs come from and how they are split."""
 
     source: Literal["toyworld", "csv", "llm"] = "toyworld"
-    path: str | None = Field(None, description="CoProV2-format CSV when source is 'csv'")
+    path: InputPath | None = Field(None, description="CoProV2-format CSV when source is 'csv'")
     categories: tuple[Category, ...] = CATEGORIES
     max_pairs_per_category: PositiveInt | None = None
     test_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
@@ -77,7 +106,7 @@ class DataSection(Section):
 class LLMSection(Section):
     """Prompt-writing LLM for data.source = 'llm' (a local path or hub id of a chat model)."""
 
-    path: str | None = None
+    path: InputPath | None = None
     concepts: str | None = Field(
         None, description="YAML of category -> concepts; default: the built-in starter list"
     )
@@ -270,7 +299,7 @@ class PromptSetSpec(Section):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     format: Literal["toyworld", "coprov2", "prompts"]
-    path: str | None = None
+    path: InputPath | None = None
     kind: Literal["unsafe", "safe", "benign"] | None = Field(
         None, description="format 'prompts' only: unsafe (I2P, UD, CoProV2 test) or benign (COCO captions)"
     )
@@ -303,11 +332,11 @@ class EvaluationSection(Section):
     seed: NonNegativeInt = 1234
     nudenet_classes: Literal["genitalia", "exposed"] = "genitalia"
     nudenet_threshold: Probability = 0.6
-    q16_path: str | None = Field(
+    q16_path: InputPath | None = Field(
         None, description="Q16 prompt embeddings [2, D] (.safetensors, key 'prompts')"
     )
-    clip_path: str | None = Field(None, description="CLIP (transformers layout) for CLIPScore")
-    inception_path: str | None = Field(None, description="FID Inception-v3 weights (.safetensors)")
+    clip_path: InputPath | None = Field(None, description="CLIP (transformers layout) for CLIPScore")
+    inception_path: InputPath | None = Field(None, description="FID Inception-v3 weights (.safetensors)")
     prompt_sets: tuple[PromptSetSpec, ...] = ()
     models: tuple[str, ...] | None = Field(
         None, description="evaluate only these (base, merged, all_single, a category, a baseline name)"
@@ -316,9 +345,9 @@ class EvaluationSection(Section):
     use_prompt_seeds: bool = True
     use_prompt_guidance: bool = False
     nudenet: bool = Field(True, description="run NudeNet on real-image prompt sets")
-    q16_clip_path: str | None = Field(None, description="CLIP ViT-L/14 for Q16; null: clip_path")
+    q16_clip_path: InputPath | None = Field(None, description="CLIP ViT-L/14 for Q16; null: clip_path")
     q16_threshold: Probability = Field(0.5, description="p(inappropriate) at which Q16 flags (0.5 = argmax)")
-    fid_reference: str | None = Field(
+    fid_reference: InputPath | None = Field(
         None,
         description="real images (a directory) or FID statistics (.safetensors: mu, sigma); null: base model",
     )
@@ -535,7 +564,7 @@ class GuardSection(Section):
     enabled: bool = Field(
         False, description="serve with the prompt and output guards (configs/toy-guarded.yaml)"
     )
-    head_path: str | None = Field(None, description="prompt-guard head (.safetensors); null = shipped")
+    head_path: InputPath | None = Field(None, description="prompt-guard head (.safetensors); null = shipped")
     unsafe_threshold: Probability | None = Field(
         None, description="prompt-guard 'unsafe' score at which a prompt is flagged; null = calibrated"
     )
