@@ -55,6 +55,7 @@ def test_local_paths_are_resolved_where_the_config_is_loaded(repo, tmp_path, mon
     # Ray workers do not share the driver's working directory (Ray Train's chdir to their run's
     # artifacts dir), so a relative path must leave the driver already resolved.
     (tmp_path / "weights").mkdir()
+    (tmp_path / "toyworld").mkdir()  # does not shadow the shipped model's name
     monkeypatch.chdir(tmp_path)
     config = load_config(repo / "configs/toy.yaml", ["data.source=csv", "data.path=pairs.csv"])
     assert config.run.output_dir == str(tmp_path / "runs/toy")  # the YAML's runs/toy

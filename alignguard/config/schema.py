@@ -41,8 +41,15 @@ def _absolute_if_local(value: str | None) -> str | None:
     return os.path.abspath(os.path.expanduser(value))
 
 
+def _model_location(value: str) -> str:
+    """``toyworld`` names the shipped toy model even where a local ``toyworld/`` exists."""
+    return value if value == TOYWORLD_MODEL else _absolute_if_local(value)
+
+
+TOYWORLD_MODEL = "toyworld"
 RunLocation = Annotated[str, Field(min_length=1), AfterValidator(_absolute_run_location)]
 InputPath = Annotated[str, AfterValidator(_absolute_if_local)]
+ModelLocation = Annotated[str, Field(min_length=1), AfterValidator(_model_location)]
 
 
 class Section(BaseModel):
@@ -65,8 +72,8 @@ class ModelSection(Section):
     """The text-to-image model to align (and to render the pairs with)."""
 
     family: Literal["toy", "sd15", "sd21", "sdxl"] = "toy"
-    path: InputPath = Field(
-        "toyworld", min_length=1, description="'toyworld' (shipped), a local dir or a hub id"
+    path: ModelLocation = Field(
+        TOYWORLD_MODEL, description="'toyworld' (shipped), a local dir (made absolute) or a hub id"
     )
     revision: str | None = None
     variant: str | None = Field(None, description="weights variant, e.g. 'fp16'")
