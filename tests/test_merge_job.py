@@ -74,44 +74,40 @@ def test_a_damaged_expert_is_refused(repo, tmp_path):
         check_experts(RunDir(tmp_path), config)
 
 
+def _refused_before_any_work(repo, run_dir, capsys, *overrides: str) -> str:
+    """Merges one random toy expert with ``overrides``; asserts exit 2 and nothing written; the
+    error text."""
+    base = [f"run.output_dir={run_dir}", "data.categories=[hate]"]
+    _write_toy_experts(run_dir, load_config(repo / SMOKE, base))
+    assert main(["merge", "--config", str(repo / SMOKE), *base, *overrides]) == 2
+    assert not (run_dir / MERGED_DIR).exists()
+    return capsys.readouterr().err
+
+
 def test_co_merge_without_a_calibration_source_fails_before_any_work(repo, tmp_path, capsys):
-    config = load_config(repo / SMOKE, [f"run.output_dir={tmp_path}", "data.categories=[hate]"])
-    _write_toy_experts(tmp_path, config)
-    overrides = [f"run.output_dir={tmp_path}", "data.categories=[hate]", "merge.calibration.source=synthesis"]
-    assert main(["merge", "--config", str(repo / SMOKE), *overrides]) == 2
-    assert "merge.calibration.source='synthesis': " in (err := capsys.readouterr().err)
+    err = _refused_before_any_work(repo, tmp_path, capsys, "merge.calibration.source=synthesis")
+    assert "merge.calibration.source='synthesis': " in err
     assert "is not a complete synthesis stage; run `alignguard synthesize` first" in err
-    assert not (tmp_path / MERGED_DIR).exists()
 
 
 def test_refinement_without_a_synthesis_cache_fails_before_any_work(repo, tmp_path, capsys):
-    config = load_config(repo / SMOKE, [f"run.output_dir={tmp_path}", "data.categories=[hate]"])
-    _write_toy_experts(tmp_path, config)
-    overrides = [f"run.output_dir={tmp_path}", "data.categories=[hate]", "merge.refine.steps=5"]
-    assert main(["merge", "--config", str(repo / SMOKE), *overrides]) == 2
-    err = capsys.readouterr().err
+    err = _refused_before_any_work(repo, tmp_path, capsys, "merge.refine.steps=5")
     assert "merge.refine needs the synthesis stage's training cache" in err
     assert "or set merge.refine.steps=0" in err
-    assert not (tmp_path / MERGED_DIR).exists()
 
 
 def test_refinement_refuses_a_synthesis_stage_rendered_without_its_training_cache(repo, tmp_path, capsys):
     # A complete synthesis stage (manifest written) whose shards carry images only:
     # synthesis.cache_latents=false. Refinement has nothing to distil over and must say so first.
-    config = load_config(repo / SMOKE, [f"run.output_dir={tmp_path}", "data.categories=[hate]"])
-    _write_toy_experts(tmp_path, config)
     synthesis = RunDir(tmp_path).sub("synthesis")
     synthesis.write_json("shards/shard-00000.json", {"shard_id": 0, "pairs": [], "files": {}, "cache": None})
     outputs = describe_outputs(synthesis, ["shards/shard-00000.json"])
     write_manifest(synthesis, Manifest(stage="synthesis", config={}, config_hash="x", outputs=outputs))
     assert stage_status(synthesis).complete
 
-    overrides = [f"run.output_dir={tmp_path}", "data.categories=[hate]", "merge.refine.steps=5"]
-    assert main(["merge", "--config", str(repo / SMOKE), *overrides]) == 2
-    err = capsys.readouterr().err
+    err = _refused_before_any_work(repo, tmp_path, capsys, "merge.refine.steps=5")
     assert "has no training cache: synthesize with synthesis.cache_latents=true" in err
     assert "or set merge.refine.steps=0" in err
-    assert not (tmp_path / MERGED_DIR).exists()
 
 
 def test_the_job_script_answers_help(repo):
