@@ -70,6 +70,24 @@ def test_full_size_architectures_take_the_benchmark_inputs(gpu, family):
     assert counted == pytest.approx(UNET_FORWARD_TFLOP[family], rel=1e-3)
 
 
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_the_dpo_recipe_is_the_familys_config(gpu, repo, family):
+    """β, LoRA, optimizer and learning rate come from configs/<family>.yaml, not the benchmark."""
+    from alignguard.config import load_config
+
+    training = load_config(repo / "configs" / f"{family}.yaml").training
+    plan = gpu.FULL[family]
+    measured = gpu.recipe(plan, torch.bfloat16, zero_stage=0)
+    assert (measured.beta, measured.lora, measured.optimizer, measured.learning_rate) == (
+        training.beta,
+        training.lora,
+        training.optimizer,
+        training.learning_rate,
+    )
+    assert (measured.batch_size, measured.grad_accum, measured.precision) == (plan.dpo_batch, 1, "bf16")
+    assert measured.zero_stage == 0 and gpu.recipe(plan, torch.float32).precision == "fp32"
+
+
 def test_deepspeed_step_benchmark_runs_every_variant_on_the_cpu(repo):
     """Each DeepSpeed variant the configs can ask for initialises and steps (gloo, tiny SD1.5);
     in its own process: DeepSpeed initialises a process group."""

@@ -70,12 +70,8 @@ class ExpertTrainer:
         reference: torch.nn.Module | None = None,
         autocast_dtype: torch.dtype | None = None,
     ) -> None:
-        self.engine, self.noise_scheduler, self.batches, self.training = (
-            engine,
-            noise_scheduler,
-            batches,
-            training,
-        )
+        self.engine, self.noise_scheduler, self.batches = engine, noise_scheduler, batches
+        self.training = training
         self.steps, self.seed, self.device, self.dtype, self.rank = steps, seed, device, dtype, rank
         self.monitor, self.reference, self.autocast_dtype = monitor, reference, autocast_dtype
         self.next_step = 0  # optimizer steps done so far
