@@ -340,12 +340,14 @@ def measure_dpo_deepspeed(pipe, plan: Plan, device, dtype, peak: float | None, r
     import deepspeed
 
     r.deepspeed_backend = _single_rank_process_group(device, deepspeed)
+    # Side by side in one run: the ratio, not either lone figure, is what this measures. The plain
+    # step runs first: once a ZeRO 1-2 engine hooks the LoRA's gradients, a backward outside the
+    # engine on the same parameters trips its reduction bookkeeping ("already been reduced").
     plain_step = dpo_step(pipe, plan, device, dtype)
-    step = deepspeed_dpo_step(pipe, plan, device, dtype, deepspeed)
-    plain_step()
-    step()  # warm-ups
-    # Side by side in one run: the ratio, not either lone figure, is what this measures.
+    plain_step()  # warm-up
     plain = timed(lambda: [plain_step() for _ in range(plan.dpo_steps)], device)
+    step = deepspeed_dpo_step(pipe, plan, device, dtype, deepspeed)
+    step()  # warm-up
     wrapped = timed(lambda: [step() for _ in range(plan.dpo_steps)], device)
     r.dpo_deepspeed_pairs_per_s = plan.dpo_steps * plan.dpo_batch / wrapped
     r.deepspeed_vs_plain = plain / wrapped

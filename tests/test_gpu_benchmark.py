@@ -40,6 +40,26 @@ def test_dry_run_measures_everything_on_tiny_models(gpu, tmp_path, capsys):
     assert "| sd15 |" in out and "| sdxl |" in out
 
 
+def test_dry_run_with_deepspeed_times_the_fleets_engine(repo, tmp_path):
+    """The GPU run's DeepSpeed measurement (the family's recipe: ZeRO 2) on tiny models, gloo;
+    in its own process: DeepSpeed initialises a process group."""
+    import os
+    import subprocess
+
+    command = [sys.executable, str(repo / "benchmarks" / "gpu.py"), "--dry-run", "--deepspeed"]
+    done = subprocess.run(
+        [*command, "--json", str(tmp_path / "gpu.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "DS_ACCELERATOR": "cpu"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for r in json.loads((tmp_path / "gpu.json").read_text())["results"]:
+        assert r["skipped"] == [] and r["deepspeed_backend"] == "gloo"
+        assert r["dpo_deepspeed_pairs_per_s"] > 0 and r["deepspeed_vs_plain"] > 0
+
+
 def test_without_a_gpu_it_says_so(gpu, capsys):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is visible")
