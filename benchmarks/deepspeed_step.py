@@ -5,11 +5,14 @@
 
 ``benchmarks/gpu.py`` found the DeepSpeed-wrapped step slower than a plain torch step (H200:
 0.80x on SD1.5, 0.67x on SDXL). The two do not do the same work: DeepSpeed keeps fp32 master
-weights of the bf16 LoRA and clips the gradient norm, the plain step updates bf16 weights in place
-(too coarse for a 1e-5 learning rate). This script times, in one process and one after the other
-on the same model and batch, the plain step and the DeepSpeed step under each variant of the
-``training`` keys that change its cost (``zero_stage``, ``max_grad_norm``), each with a fresh
-LoRA, so the ratios say which setting the configs should use. One JSON line at the end.
+weights of the bf16 LoRA and clips the gradient norm, the plain step updates bf16 weights in
+place (too coarse for a 1e-5 learning rate). This script times, in one process and one after the
+other on the same model and batch, the expert trainer's step
+(``alignguard.training.trainer.ExpertTrainer``) on a plain torch engine and on a DeepSpeed engine
+under each variant of the ``training`` keys that change its cost (``zero_stage``,
+``max_grad_norm``, ``optimizer``), each with a fresh LoRA, so the ratios say which setting the
+configs should use. Every other recipe value (β, LoRA, learning rate) is the family's
+``configs/<family>.yaml``. One JSON line at the end.
 """
 
 from __future__ import annotations
@@ -26,17 +29,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
 import gpu
 
-# (label, training overrides); the first is the project's default. configs/sd15.yaml sets
-# zero_stage 2 (AdamW); configs/sdxl.yaml adds Adafactor.
+# (label, training overrides) over the family's recipe. configs/sd15.yaml runs "zero2 clip1.0";
+# configs/sdxl.yaml "zero2 clip1.0 adafactor".
 VARIANTS: tuple[tuple[str, dict], ...] = (
-    ("zero0 clip1.0", {}),
-    ("zero1 clip1.0", {"zero_stage": 1}),
-    ("zero2 clip1.0", {"zero_stage": 2}),
-    ("zero1 no-clip", {"zero_stage": 1, "max_grad_norm": None}),
-    ("zero2 no-clip", {"zero_stage": 2, "max_grad_norm": None}),
-    ("zero0 clip1.0 adafactor", {"optimizer": "adafactor"}),
-    ("zero1 clip1.0 adafactor", {"zero_stage": 1, "optimizer": "adafactor"}),
-    ("zero2 clip1.0 adafactor", {"zero_stage": 2, "optimizer": "adafactor"}),
+    ("zero0 clip1.0", {"zero_stage": 0, "max_grad_norm": 1.0, "optimizer": "adamw"}),
+    ("zero1 clip1.0", {"zero_stage": 1, "max_grad_norm": 1.0, "optimizer": "adamw"}),
+    ("zero2 clip1.0", {"zero_stage": 2, "max_grad_norm": 1.0, "optimizer": "adamw"}),
+    ("zero1 no-clip", {"zero_stage": 1, "max_grad_norm": None, "optimizer": "adamw"}),
+    ("zero2 no-clip", {"zero_stage": 2, "max_grad_norm": None, "optimizer": "adamw"}),
+    ("zero0 clip1.0 adafactor", {"zero_stage": 0, "max_grad_norm": 1.0, "optimizer": "adafactor"}),
+    ("zero1 clip1.0 adafactor", {"zero_stage": 1, "max_grad_norm": 1.0, "optimizer": "adafactor"}),
+    ("zero2 clip1.0 adafactor", {"zero_stage": 2, "max_grad_norm": 1.0, "optimizer": "adafactor"}),
 )
 PLAIN = "plain torch AdamW (bf16 weights)"
 MASTER = "plain torch, fp32 LoRA + autocast + clip"
@@ -56,29 +59,33 @@ def time_steps(step, steps: int, device) -> float:
 
 def master_weights_step(pipe, plan, device, dtype):
     """Plain torch doing DeepSpeed's work: fp32 LoRA weights, bf16 autocast, clipping, fused AdamW."""
-    from alignguard.training.step import preference_loss
+    from alignguard.training.engine import plain_engine
 
-    _, (unet, scheduler, batch, generator) = gpu.dpo_step(pipe, plan, device, dtype)
-    params = [p for p in unet.parameters() if p.requires_grad]
-    for param in params:
-        param.data = param.data.float()
-    optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
+    def engine(unet, training):
+        for param in unet.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
+        return plain_engine(unet, training)
 
-    def step() -> None:
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            out = preference_loss(unet, scheduler, batch, generator, loss="dpo", beta=5000.0)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
+    autocast = None if dtype == torch.float32 else dtype
+    trainer = gpu.dpo_trainer(
+        pipe,
+        plan,
+        device,
+        dtype,
+        engine=engine,
+        autocast_dtype=autocast,
+        optimizer="adamw",
+        max_grad_norm=1.0,
+    )
+    return gpu.trainer_step(trainer)
 
 
 def make_step(name: str, overrides: dict | None, pipe, plan, device, dtype, deepspeed):
     fresh_lora(pipe, device, dtype)
     if name == PLAIN:
-        return gpu.dpo_step(pipe, plan, device, dtype)[0]
+        trainer = gpu.dpo_trainer(pipe, plan, device, dtype, optimizer="adamw", max_grad_norm=None)
+        return gpu.trainer_step(trainer)
     if name == MASTER:
         return master_weights_step(pipe, plan, device, dtype)
     return gpu.deepspeed_dpo_step(pipe, plan, device, dtype, deepspeed, **overrides)

@@ -7,15 +7,16 @@
 Per model it measures, after one warm-up call each:
 - synthesis: images/s of ``alignguard.generation.generate`` (the synthesis stage's renderer call)
   at the family's resolution, steps and a batch per call, classifier-free guidance on;
-- DPO: preference pairs/s of the real training step (``alignguard.training.step.preference_loss``,
-  Diffusion-DPO, reference = the adapter switched off) with a rank-4 LoRA on the attention
-  projections, AdamW on the LoRA, cached latents and text embeddings (as the experts train);
+- DPO: preference pairs/s of the real training step (``ExpertTrainer.train_step`` of
+  ``alignguard.training.trainer``: Diffusion-DPO, reference = the adapter switched off) on cached
+  latents and text embeddings (as the experts train), with the family's recipe from
+  ``configs/<family>.yaml`` (β, LoRA, optimizer, learning rate, clipping) and a plain torch engine;
 - serving: latency of one request (1 image, same steps) + its JPEG encoding, median of a few;
-- DPO through DeepSpeed (on by default on a GPU): the same step wrapped in a DeepSpeed engine built
-  by the project's ``alignguard.training.deepspeed_config`` from the schema's default ``training``
-  section (bf16 with fp32 master weights, AdamW, clipping 1.0, ZeRO 0), on an NCCL process group
-  of one rank, as the expert fleet's workers run it; reported as pairs/s and as a ratio to the
-  plain torch step. ``benchmarks/deepspeed_step.py`` compares the other ZeRO stages and optimizers.
+- DPO through DeepSpeed (on by default on a GPU): the same trainer step on a DeepSpeed engine built
+  as the expert fleet builds it (``cluster.expert_loop.build_deepspeed_engine``) from the same
+  recipe (bf16 with fp32 master weights; sd15: AdamW, clipping 1.0, ZeRO 2; sdxl: Adafactor), on
+  an NCCL process group of one rank, as the fleet's workers run it; reported as pairs/s and as a
+  ratio to the plain torch step. ``benchmarks/deepspeed_step.py`` compares ZeRO stages and optimizers.
 
 FLOPs are counted with torch's FLOP counter on the very call that is timed (one UNet forward; one
 training step), not taken from a table; the full-size counts are printed next to the anchors in
@@ -29,6 +30,7 @@ starting new measurements once ``--budget-s`` (default 450 s) is spent. Ends wit
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import socket
@@ -41,6 +43,7 @@ from pathlib import Path
 
 import torch
 
+from alignguard.config.schema import TrainingSection
 from alignguard.models.fullsize import UNET_FORWARD_TFLOP
 from alignguard.sizing import DPO_PAIR_TFLOP
 
@@ -226,21 +229,50 @@ def measure_serving(pipe, plan: Plan, device, unet_tflop: float, peak: float | N
     r.serve_mfu = mfu(per_image / statistics.median(latencies), peak)
 
 
-def dpo_step(pipe, plan: Plan, device, dtype) -> Callable[[], None]:
-    """One optimiser step of expert training on random cached latents, with a rank-4 LoRA."""
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def recipe(plan: Plan, dtype: torch.dtype, **overrides) -> TrainingSection:
+    """The family's training recipe, ``configs/<family>.yaml``'s ``training`` (loss, β, LoRA,
+    optimizer, learning rate, warmup, clipping, ZeRO), at what this benchmark measures: the plan's
+    micro-batch, one micro-batch per optimizer step, the benchmark's precision; then ``overrides``.
+    Gradient checkpointing stays off: the DPO FLOPs are compared with the anchors of a plain step."""
+    from alignguard.config import load_config
+
+    training = load_config(CONFIGS / f"{plan.family}.yaml").training.model_dump()
+    precision = "fp32" if dtype == torch.float32 else "bf16"
+    measured = {"batch_size": plan.dpo_batch, "grad_accum": 1, "precision": precision}
+    return TrainingSection.model_validate(
+        {**training, **measured, "gradient_checkpointing": False, **overrides}
+    )
+
+
+class FixedBatch:
+    """The same cached-latents batch at every index: throughput does not depend on the data."""
+
+    def __init__(self, batch) -> None:
+        self._batch = batch
+
+    def batch(self, index: int):
+        return self._batch
+
+
+def dpo_trainer(pipe, plan: Plan, device, dtype, engine=None, autocast_dtype=None, **overrides):
+    """The expert trainer (``alignguard.training.trainer.ExpertTrainer``) on random cached latents
+    and text embeddings of the plan's shapes, with the recipe's LoRA on ``pipe.unet`` (added if it
+    has none). ``engine(unet, training)`` builds the engine; by default a plain torch one."""
     from diffusers import DDPMScheduler
 
-    from alignguard.config.schema import LoraSection
     from alignguard.lora import add_lora
     from alignguard.training.batches import PreferenceBatch
-    from alignguard.training.step import preference_loss
+    from alignguard.training.engine import plain_engine
+    from alignguard.training.trainer import ExpertTrainer
 
+    training = recipe(plan, dtype, **overrides)
     unet = pipe.unet
     if not getattr(unet, "peft_config", None):
-        add_lora(unet, LoraSection(rank=4, alpha=4.0))
+        add_lora(unet, training.lora)
     unet = unet.to(device=device, dtype=dtype)
-    optimizer = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=1e-5)
-    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     x = unet_inputs(pipe, plan.dpo_batch, plan.resolution, device, dtype)
     added = x.get("added_cond_kwargs", {})
     batch = PreferenceBatch(
@@ -250,16 +282,29 @@ def dpo_step(pipe, plan: Plan, device, dtype) -> Callable[[], None]:
         pooled=added.get("text_embeds"),
         time_ids=added.get("time_ids"),
     )
-    generator = torch.Generator("cpu").manual_seed(0)
     unet.train()
+    return ExpertTrainer(
+        (engine or plain_engine)(unet, training),
+        DDPMScheduler.from_config(pipe.scheduler.config),
+        FixedBatch(batch),
+        training,
+        steps=plan.dpo_steps,
+        seed=0,
+        device=device,
+        dtype=dtype,
+        autocast_dtype=autocast_dtype,
+    )
 
-    def step() -> None:
-        out = preference_loss(unet, scheduler, batch, generator, loss="dpo", beta=5000.0)
-        out.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
 
-    return step, (unet, scheduler, batch, generator)
+def trainer_step(trainer) -> Callable[[], None]:
+    """A call that runs the trainer's next optimizer step (the noise differs from step to step)."""
+    steps = itertools.count()
+    return lambda: trainer.train_step(next(steps))
+
+
+def dpo_step(pipe, plan: Plan, device, dtype) -> Callable[[], None]:
+    """One optimiser step of expert training on random cached latents, a plain torch engine."""
+    return trainer_step(dpo_trainer(pipe, plan, device, dtype))
 
 
 def _single_rank_process_group(device: torch.device, deepspeed) -> str:
@@ -277,44 +322,32 @@ def _single_rank_process_group(device: torch.device, deepspeed) -> str:
     return dist.get_backend()
 
 
-def deepspeed_dpo_step(pipe, plan: Plan, device, dtype, deepspeed, **training) -> Callable[[], None]:
-    """One DPO step through a DeepSpeed engine built as the expert fleet builds it (the project's
-    ``deepspeed_config`` and client optimizer), from ``TrainingSection(**training)`` at the plan's
-    micro-batch. Adds the LoRA to ``pipe.unet`` if it has none."""
-    from alignguard.config.schema import TrainingSection
-    from alignguard.training.deepspeed_config import client_optimizer, deepspeed_config
-    from alignguard.training.step import preference_loss
+def deepspeed_dpo_step(pipe, plan: Plan, device, dtype, deepspeed, **overrides) -> Callable[[], None]:
+    """One DPO step through a DeepSpeed engine built as the expert fleet builds it
+    (``cluster.expert_loop.build_deepspeed_engine``), from the family's recipe with ``overrides``.
+    Adds the LoRA to ``pipe.unet`` if it has none."""
+    from cluster.expert_loop import build_deepspeed_engine
 
-    _, (unet, scheduler, batch, generator) = dpo_step(pipe, plan, device, dtype)
-    config = TrainingSection(**{"batch_size": plan.dpo_batch, "learning_rate": 1e-5, **training})
-    trainable = [p for p in unet.parameters() if p.requires_grad]
-    engine, *_ = deepspeed.initialize(
-        model=unet,
-        model_parameters=trainable,
-        optimizer=client_optimizer(config, trainable),
-        config=deepspeed_config(config, on_gpu=device.type == "cuda", world_size=1),
-    )
+    def engine(unet, training):
+        return build_deepspeed_engine(deepspeed, unet, training, device, world_size=1)[0]
 
-    def step() -> None:
-        out = preference_loss(engine.module, scheduler, batch, generator, loss="dpo", beta=5000.0)
-        engine.backward(out.loss)
-        engine.step()
-
-    return step
+    return trainer_step(dpo_trainer(pipe, plan, device, dtype, engine=engine, **overrides))
 
 
 def measure_dpo_deepspeed(pipe, plan: Plan, device, dtype, peak: float | None, r: Result) -> None:
-    """The DPO step as the expert fleet runs it (schema-default ``training``), against the plain one."""
+    """The DPO step as the expert fleet runs it (the family's ``training``), against the plain one."""
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if device.type == "cuda" else "cpu")
     import deepspeed
 
     r.deepspeed_backend = _single_rank_process_group(device, deepspeed)
-    plain_step = dpo_step(pipe, plan, device, dtype)[0]
-    step = deepspeed_dpo_step(pipe, plan, device, dtype, deepspeed)
-    plain_step()
-    step()  # warm-ups
-    # Side by side in one run: the ratio, not either lone figure, is what this measures.
+    # Side by side in one run: the ratio, not either lone figure, is what this measures. The plain
+    # step runs first: once a ZeRO 1-2 engine hooks the LoRA's gradients, a backward outside the
+    # engine on the same parameters trips its reduction bookkeeping ("already been reduced").
+    plain_step = dpo_step(pipe, plan, device, dtype)
+    plain_step()  # warm-up
     plain = timed(lambda: [plain_step() for _ in range(plan.dpo_steps)], device)
+    step = deepspeed_dpo_step(pipe, plan, device, dtype, deepspeed)
+    step()  # warm-up
     wrapped = timed(lambda: [step() for _ in range(plan.dpo_steps)], device)
     r.dpo_deepspeed_pairs_per_s = plan.dpo_steps * plan.dpo_batch / wrapped
     r.deepspeed_vs_plain = plain / wrapped
@@ -322,7 +355,7 @@ def measure_dpo_deepspeed(pipe, plan: Plan, device, dtype, peak: float | None, r
 
 
 def measure_dpo(pipe, plan: Plan, device, dtype, peak: float | None, r: Result) -> None:
-    step = dpo_step(pipe, plan, device, dtype)[0]
+    step = dpo_step(pipe, plan, device, dtype)
     step()  # warm-up
     tflop_per_step = count_tflop(step)
     seconds = timed(lambda: [step() for _ in range(plan.dpo_steps)], device)

@@ -3,8 +3,9 @@
     python benchmarks/training.py [--steps 200] [--batch-size 8]     # toy model, CPU
     python benchmarks/training.py --gpu                              # SD1.5 architecture, bf16, GPU
 
-Side by side in one run, same model, LoRA, batch and loss:
-  * plain: one process, torch AdamW, ``alignguard.training.step.preference_loss``;
+Side by side in one run, the same trainer (``alignguard.training.trainer.ExpertTrainer``), model,
+LoRA, batch and recipe (``configs/toy.yaml``):
+  * plain: one process, a plain torch engine (``alignguard.training.engine.plain_engine``);
   * ray:   ``alignguard train`` for one expert on one Ray Train worker driving a DeepSpeed engine.
 Throughput is the median seconds per optimizer step in steady state (each loop times its own
 steps: the Ray loop writes ``step_seconds`` into steps.jsonl), reported as pairs/s; start-up
@@ -35,58 +36,40 @@ H100_BF16_PEAK_TFLOPS = 989.0
 
 
 def plain_loop(config, steps: int, reference: str) -> dict:
-    """Train in this process; returns seconds per step (median) and peak memory in MB."""
-    import copy
+    """Train in this process; returns seconds per step (median) and peak memory in MB.
 
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+    The fleet's ``ExpertTrainer`` on a plain torch engine with the config's recipe; the weights in
+    the compute dtype (bf16 on a GPU, no fp32 master copy). ``reference="copy"``: a separate frozen
+    UNet as the DPO reference instead of the adapter switched off."""
+    from diffusers import UNet2DConditionModel
 
-    from alignguard.lora import add_lora
     from alignguard.models.loading import resolve_model_path
-    from alignguard.synthesis.store import load_pair_cache
-    from alignguard.training.batches import PreferenceSampler
-    from alignguard.training.step import preference_loss
+    from alignguard.training.deepspeed_config import precision_dtype
+    from alignguard.training.engine import plain_engine
+    from alignguard.training.experts import expert_sampler, load_policy
+    from alignguard.training.trainer import ExpertTrainer
 
     device = torch.device("cuda" if torch.cuda.is_available() and config.model.device != "cpu" else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    path = resolve_model_path(config.model)
-    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet").to(device)
-    frozen = copy.deepcopy(unet).requires_grad_(False).to(dtype) if reference == "copy" else None
-    add_lora(unet, config.training.lora)
+    dtype = precision_dtype(config.training, on_gpu=device.type == "cuda")
+    unet, scheduler = load_policy(config, device)
+    frozen = None
+    if reference == "copy":
+        frozen = UNet2DConditionModel.from_pretrained(resolve_model_path(config.model), subfolder="unet")
+        frozen = frozen.requires_grad_(False).to(device, dtype)
     if dtype != torch.float32:
         unet.to(dtype)
-    scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
-    cache = load_pair_cache(RunDir(config.run.output_dir).sub("synthesis"))
-    sampler = PreferenceSampler(
-        cache,
-        config.training.strategy,
-        config.training.caption_dropout,
-        config.training.batch_size,
-        seed=0,
-        preserve=cache,
+    trainer = ExpertTrainer(
+        plain_engine(unet, config.training),
+        scheduler,
+        expert_sampler(config, category=None),  # the whole cache: the benchmark synthesizes one category
+        config.training,
+        steps=steps,
+        seed=config.run.seed,
+        device=device,
+        dtype=dtype,
+        reference=frozen,
     )
-    optimizer = torch.optim.AdamW(
-        [p for p in unet.parameters() if p.requires_grad], lr=config.training.learning_rate
-    )
-    seconds = []
-    for step in range(steps):
-        start = time.perf_counter()
-        out = preference_loss(
-            unet,
-            scheduler,
-            sampler.batch(step).to(device, dtype),
-            torch.Generator().manual_seed(step),
-            beta=config.training.beta,
-            anchor_weight=config.training.anchor_weight,
-            preserve_weight=config.training.preserve_weight,
-            timestep_range=tuple(config.training.timestep_range),
-            reference=frozen,
-        )
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - start)
+    seconds = [record["step_seconds"] for record in trainer.fit()]
     peak = (
         torch.cuda.max_memory_allocated() / 2**20
         if device.type == "cuda"

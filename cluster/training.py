@@ -24,7 +24,8 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from alignguard.config.schema import ExperimentConfig
 from alignguard.io import RunDir, stage_status
 from alignguard.synthesis.stage import expert_config_hash
-from cluster.expert_loop import ExpertSpec, train_loop
+from alignguard.training.experts import ExpertSpec
+from cluster.expert_loop import train_loop
 from cluster.runtime import init_ray
 
 ALL_SINGLE = "all_single"

@@ -40,6 +40,26 @@ def test_dry_run_measures_everything_on_tiny_models(gpu, tmp_path, capsys):
     assert "| sd15 |" in out and "| sdxl |" in out
 
 
+def test_dry_run_with_deepspeed_times_the_fleets_engine(repo, tmp_path):
+    """The GPU run's DeepSpeed measurement (the family's recipe: ZeRO 2) on tiny models, gloo;
+    in its own process: DeepSpeed initialises a process group."""
+    import os
+    import subprocess
+
+    command = [sys.executable, str(repo / "benchmarks" / "gpu.py"), "--dry-run", "--deepspeed"]
+    done = subprocess.run(
+        [*command, "--json", str(tmp_path / "gpu.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "DS_ACCELERATOR": "cpu"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for r in json.loads((tmp_path / "gpu.json").read_text())["results"]:
+        assert r["skipped"] == [] and r["deepspeed_backend"] == "gloo"
+        assert r["dpo_deepspeed_pairs_per_s"] > 0 and r["deepspeed_vs_plain"] > 0
+
+
 def test_without_a_gpu_it_says_so(gpu, capsys):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is visible")
@@ -68,6 +88,24 @@ def test_full_size_architectures_take_the_benchmark_inputs(gpu, family):
     assert pipe.unet.config.sample_size * pipe.vae_scale_factor == gpu.FULL[family].resolution
     counted = gpu.unet_forward_tflop(pipe, gpu.FULL[family], meta, torch.bfloat16)
     assert counted == pytest.approx(UNET_FORWARD_TFLOP[family], rel=1e-3)
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_the_dpo_recipe_is_the_familys_config(gpu, repo, family):
+    """β, LoRA, optimizer and learning rate come from configs/<family>.yaml, not the benchmark."""
+    from alignguard.config import load_config
+
+    training = load_config(repo / "configs" / f"{family}.yaml").training
+    plan = gpu.FULL[family]
+    measured = gpu.recipe(plan, torch.bfloat16, zero_stage=0)
+    assert (measured.beta, measured.lora, measured.optimizer, measured.learning_rate) == (
+        training.beta,
+        training.lora,
+        training.optimizer,
+        training.learning_rate,
+    )
+    assert (measured.batch_size, measured.grad_accum, measured.precision) == (plan.dpo_batch, 1, "bf16")
+    assert measured.zero_stage == 0 and gpu.recipe(plan, torch.float32).precision == "fp32"
 
 
 def test_deepspeed_step_benchmark_runs_every_variant_on_the_cpu(repo):

@@ -2,7 +2,27 @@
 
 from __future__ import annotations
 
+import torch
+
 from alignguard.config.schema import TrainingSection
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolved_precision(training: TrainingSection, on_gpu: bool) -> str:
+    """``precision: auto`` is bf16 on GPUs and fp32 on CPUs."""
+    return training.precision if training.precision != "auto" else ("bf16" if on_gpu else "fp32")
+
+
+def precision_dtype(training: TrainingSection, on_gpu: bool) -> torch.dtype:
+    """The dtype the model computes in (and batches are cast to) under ``training.precision``."""
+    return _DTYPES[resolved_precision(training, on_gpu)]
+
+
+def scaled_learning_rate(training: TrainingSection, world_size: int) -> float:
+    """``learning_rate``, times batch x accumulation x workers when ``scale_lr`` is set."""
+    scale = training.batch_size * training.grad_accum * world_size if training.scale_lr else 1
+    return training.learning_rate * scale
 
 
 def deepspeed_config(training: TrainingSection, on_gpu: bool, world_size: int) -> dict:
@@ -17,7 +37,7 @@ def deepspeed_config(training: TrainingSection, on_gpu: bool, world_size: int) -
     partitions, so Adafactor keeps a full second moment per LoRA weight instead of row and column
     factors (a few MB for a LoRA; the update rule is otherwise Adafactor's).
     """
-    precision = training.precision if training.precision != "auto" else ("bf16" if on_gpu else "fp32")
+    precision = resolved_precision(training, on_gpu)
     config: dict = {
         "train_micro_batch_size_per_gpu": training.batch_size,
         "gradient_accumulation_steps": training.grad_accum,
@@ -34,9 +54,7 @@ def deepspeed_config(training: TrainingSection, on_gpu: bool, world_size: int) -
         config["gradient_clipping"] = training.max_grad_norm
     if training.offload_optimizer:
         config["zero_optimization"]["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
-    lr = training.learning_rate * (
-        training.batch_size * training.grad_accum * world_size if training.scale_lr else 1
-    )
+    lr = scaled_learning_rate(training, world_size)
     if training.optimizer == "adamw":
         config["optimizer"] = {
             "type": "AdamW",
