@@ -40,8 +40,8 @@ def plain_loop(config, steps: int, reference: str) -> dict:
 
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
+    from alignguard.families import resolve_model_path
     from alignguard.lora import add_lora
-    from alignguard.models.loading import resolve_model_path
     from alignguard.synthesis.store import load_pair_cache
     from alignguard.training.batches import PreferenceSampler
     from alignguard.training.step import preference_loss

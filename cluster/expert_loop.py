@@ -89,8 +89,8 @@ class _State:
 def _build(config, expert: ExpertSpec, device: torch.device, world: int, deepspeed) -> _State:
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
+    from alignguard.families import resolve_model_path
     from alignguard.lora import add_lora
-    from alignguard.models.loading import resolve_model_path
     from alignguard.training.deepspeed_config import client_optimizer, deepspeed_config
 
     path = resolve_model_path(config.model)
@@ -142,9 +142,10 @@ def _sampler(config, expert: ExpertSpec, rank: int, world: int):
 
 
 def _monitor(config, expert: ExpertSpec):
-    if config.model.family != "toy" or config.training.monitor_prompts == 0:
+    from alignguard.families import get_family, resolve_model_path
+
+    if not get_family(config.model.family).judges_training or config.training.monitor_prompts == 0:
         return None
-    from alignguard.models.loading import resolve_model_path
     from alignguard.training.monitor import ToyMonitor
 
     return ToyMonitor(resolve_model_path(config.model), expert.category, config.training.monitor_prompts)

@@ -367,7 +367,7 @@ def run_merge_stage(
     kinds = _calibration_kinds([main, *baselines.values()])
     pipe = None
     if kinds or config.merge.refine.steps:
-        from alignguard.models import load_pipeline
+        from alignguard.families import load_pipeline
 
         pipe = load_pipeline(config.model, device=device)
     if kinds:
