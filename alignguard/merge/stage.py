@@ -40,11 +40,10 @@ from alignguard.io import (
     stage_status,
     write_manifest,
 )
-from alignguard.merge.calibration import LayerMismatchError, collect_activation_stats
+from alignguard.merge import LayerMismatchError, collect_activation_stats, collect_routed_stats
 from alignguard.merge.engine import MergeOptions, MergeResult, Stats, merge_experts
 from alignguard.merge.lora_file import LoraFile, LoraFormatError, lora_file_bytes, read_lora_bytes
 from alignguard.merge.plots import PLOT_NAMES, render_plots, render_refine_plot
-from alignguard.merge.routing import collect_routed_stats
 
 LORA_NAME = "pytorch_lora_weights.safetensors"
 REPORT_NAME = "merge_report.json"
