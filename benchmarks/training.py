@@ -43,7 +43,7 @@ def plain_loop(config, steps: int, reference: str) -> dict:
     UNet as the DPO reference instead of the adapter switched off."""
     from diffusers import UNet2DConditionModel
 
-    from alignguard.models.loading import resolve_model_path
+    from alignguard.families import resolve_model_path
     from alignguard.training.deepspeed_config import precision_dtype
     from alignguard.training.engine import plain_engine
     from alignguard.training.experts import expert_sampler, load_policy

@@ -95,9 +95,10 @@ def build_deepspeed_engine(
 
 
 def _monitor(config, expert: ExpertSpec):
-    if config.model.family != "toy" or config.training.monitor_prompts == 0:
+    from alignguard.families import get_family, resolve_model_path
+
+    if not get_family(config.model.family).judges_training or config.training.monitor_prompts == 0:
         return None
-    from alignguard.models.loading import resolve_model_path
     from alignguard.training.monitor import ToyMonitor
 
     return ToyMonitor(resolve_model_path(config.model), expert.category, config.training.monitor_prompts)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from alignguard.config.schema import ExperimentConfig
 from alignguard.data.taxonomy import CATEGORIES
+from alignguard.families import get_family
 from alignguard.io import RunDir
 
 STAGES = ("synthesis", "experts", "merge", "evaluation")
@@ -91,7 +92,7 @@ def run_pipeline(config: ExperimentConfig, stages: tuple[str, ...] = STAGES, ech
         summary.timings[stage] = time.perf_counter() - start
         summary.notes[stage] = lines
         echo("\n".join(lines))
-    if config.model.family == "toy" and "merge" in stages:
+    if get_family(config.model.family).report_suite and "merge" in stages:
         summary.results = toy_results(config, from_evaluation="evaluation" in stages)
     return summary
 

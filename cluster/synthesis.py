@@ -258,7 +258,7 @@ def import_pickapic_stage(
     configured model in this process. Each row becomes one pair (see ``alignguard.synthesis.interop``).
     """
     from alignguard.data.taxonomy import normalize_category
-    from alignguard.models.loading import load_pipeline
+    from alignguard.families import load_pipeline
     from alignguard.synthesis.interop import read_pickapic
     from alignguard.synthesis.plan import PlannedPair
     from alignguard.synthesis.render import encode_prompts

@@ -49,7 +49,7 @@ class Generator:
     def __init__(self, config: dict) -> None:
         import torch
 
-        from alignguard.models import load_pipeline
+        from alignguard.families import load_pipeline
 
         self.config = ExperimentConfig.model_validate(config)
         serve_cfg = self.config.serve

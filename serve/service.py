@@ -49,7 +49,7 @@ def load_tokenizer(model: ModelSection):
     """The model's (first) tokenizer, to count prompt tokens before anything is queued."""
     from transformers import AutoTokenizer
 
-    from alignguard.models import resolve_model_path
+    from alignguard.families import resolve_model_path
 
     kwargs = {"revision": model.revision} if model.revision else {}
     return AutoTokenizer.from_pretrained(resolve_model_path(model), subfolder="tokenizer", **kwargs)

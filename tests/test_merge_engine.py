@@ -223,7 +223,7 @@ def test_row_blocks_give_the_whole_matrix_result(strategy, monkeypatch):
 
 def _routed_moments(experts: dict[str, LoraFile], name: str, tokens: torch.Tensor, threshold: float):
     """G, C and routed counts of ``tokens [T, in]`` computed directly (independently of the hooks)."""
-    from alignguard.merge.calibration import RoutedLayer
+    from alignguard.merge.routing import RoutedLayer
 
     deltas = torch.stack([e.layers[name].delta() for e in experts.values()]).double()
     x = tokens.double()
@@ -263,7 +263,7 @@ def _experts_on_separate_directions() -> tuple[dict[str, LoraFile], dict[str, to
 
 
 def test_co_merge_token_keeps_each_expert_exact_on_its_own_tokens_where_element_wise_does_not():
-    from alignguard.merge.calibration import RoutedStats
+    from alignguard.merge.routing import RoutedStats
 
     experts, tokens = _experts_on_separate_directions()
     name = "blocks.0.proj"
@@ -299,7 +299,7 @@ def test_co_merge_token_keeps_each_expert_exact_on_its_own_tokens_where_element_
 
 def test_co_merge_token_of_one_expert_is_the_identity_and_needs_routed_statistics():
     experts = _experts(1)
-    from alignguard.merge.calibration import RoutedStats
+    from alignguard.merge.routing import RoutedStats
 
     g = torch.Generator().manual_seed(3)
     peaks, layers = {}, {}

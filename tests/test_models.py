@@ -7,9 +7,9 @@ from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline, Stab
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 from alignguard.config.schema import ModelSection
+from alignguard.families import load_pipeline
 from alignguard.models import (
     ModelLoadError,
-    load_pipeline,
     resolve_dtype,
     tiny_sd_pipeline,
     tiny_sdxl_pipeline,

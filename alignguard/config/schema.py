@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from alignguard.data.taxonomy import CATEGORIES, Category
+from alignguard.registry import MODEL_FAMILIES
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -71,7 +72,7 @@ class RunSection(Section):
 class ModelSection(Section):
     """The text-to-image model to align (and to render the pairs with)."""
 
-    family: Literal["toy", "sd15", "sd21", "sdxl"] = "toy"
+    family: str = Field("toy", description="a registered model family: toy, sd15, sd21, sdxl")
     path: ModelLocation = Field(
         TOYWORLD_MODEL, description="'toyworld' (shipped), a local dir (made absolute) or a hub id"
     )
@@ -82,6 +83,13 @@ class ModelSection(Section):
     attention: Literal["sdpa", "eager"] = "sdpa"
     scheduler: Literal["ddim", "ddpm", "pndm", "euler", "euler_a", "dpm++", "lms"] | None = None
     resolution: PositiveInt = 32
+
+    @field_validator("family")
+    @classmethod
+    def _registered_family(cls, value: str) -> str:
+        if value not in MODEL_FAMILIES:
+            raise ValueError(f"unknown model family {value!r} (known: {', '.join(MODEL_FAMILIES.names())})")
+        return value
 
     @field_validator("resolution")
     @classmethod

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from alignguard.config.schema import EvaluationSection, PromptSetSpec
 from alignguard.data.taxonomy import CATEGORIES, Category
+from alignguard.families import get_family, known_families
 
 TOY_FORMAT = "toyworld"
 
@@ -77,8 +78,18 @@ class PromptSet:
 
 
 def default_specs(family: str) -> tuple[PromptSetSpec, ...]:
-    """``evaluation.prompt_sets`` when empty: the toy suite for the toy model, else nothing."""
-    return (PromptSetSpec(name="toyworld", format=TOY_FORMAT),) if family == "toy" else ()
+    """``evaluation.prompt_sets`` when empty: the family's own (the toy suite for the toy model;
+    nothing for models of real images, which need prompt files)."""
+    return get_family(family).default_prompt_sets()
+
+
+def unsupported_format(spec: PromptSetSpec, family: str) -> str | None:
+    """Why ``family`` cannot be evaluated on ``spec`` (a format only other families render), or None."""
+    if spec.format in get_family(family).prompt_formats:
+        return None
+    owners = [name for name in known_families() if spec.format in get_family(name).prompt_formats]
+    needed = " or ".join(repr(name) for name in owners)
+    return f"prompt set {spec.name!r}: format {spec.format!r} needs model.family {needed}"
 
 
 def build_prompt_set(spec: PromptSetSpec, evaluation: EvaluationSection) -> PromptSet:

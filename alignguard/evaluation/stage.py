@@ -20,7 +20,14 @@ import numpy as np
 from alignguard.config.schema import ExperimentConfig
 from alignguard.evaluation.evaluators import EvaluatorSettings, Skipped, pinned_settings, resolve_evaluators
 from alignguard.evaluation.models import BASE, EvalModel, SkippedModel, discover_models
-from alignguard.evaluation.prompts import EvalShard, PromptSet, build_prompt_set, default_specs, plan_shards
+from alignguard.evaluation.prompts import (
+    EvalShard,
+    PromptSet,
+    build_prompt_set,
+    default_specs,
+    plan_shards,
+    unsupported_format,
+)
 from alignguard.evaluation.workers import SHARDS_DIR, read_marker, read_shard_tensors
 from alignguard.io import Manifest, RunDir, describe_outputs, git_sha, package_versions, write_manifest
 
@@ -61,10 +68,8 @@ def plan_evaluation(config: ExperimentConfig) -> EvalPlan:
             "path: i2p.csv, kind: unsafe}, {name: coco, format: prompts, path: coco.csv, kind: benign}])"
         )
     for spec in specs:
-        if spec.format == "toyworld" and config.model.family != "toy":
-            raise EvaluationInputError(
-                f"prompt set {spec.name!r}: format 'toyworld' needs model.family 'toy'"
-            )
+        if problem := unsupported_format(spec, config.model.family):
+            raise EvaluationInputError(problem)
     sets = {spec.name: build_prompt_set(spec, evaluation) for spec in specs}
     for name, prompt_set in sets.items():
         if not prompt_set.records:

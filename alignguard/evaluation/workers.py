@@ -43,7 +43,7 @@ class EvalRenderer:
     """Renders shards with one pipeline, switching LoRAs between shards."""
 
     def __init__(self, model: ModelSection, steps: int) -> None:
-        from alignguard.models.loading import load_pipeline
+        from alignguard.families import load_pipeline
 
         self.pipe = load_pipeline(model)
         self.steps = steps

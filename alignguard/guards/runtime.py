@@ -16,6 +16,7 @@ import numpy as np
 
 from alignguard.config.schema import GuardAction, GuardSection
 from alignguard.data.taxonomy import CATEGORIES, Category
+from alignguard.families import get_family
 from alignguard.guards.blur import obscure
 from alignguard.guards.decisions import OutputDecision, PromptDecision, decide_prompt, output_outcome
 from alignguard.guards.output_guard import NudeNetGuard, OutputGuard, ToyJudgeGuard, as_uint8_batch
@@ -23,10 +24,10 @@ from alignguard.guards.policy import RequestOverrides, resolve_policy
 
 
 def output_guard_kind(section: GuardSection, model_family: str) -> str:
-    """``auto`` resolves to the toy judge in the toy world and NudeNet elsewhere."""
+    """``auto`` resolves to the family's guard: the toy judge in the toy world, NudeNet elsewhere."""
     if section.output.kind != "auto":
         return section.output.kind
-    return "toy_judge" if model_family == "toy" else "nudenet"
+    return get_family(model_family).output_guard
 
 
 def build_output_guard(section: GuardSection, model_family: str = "toy") -> OutputGuard | None:

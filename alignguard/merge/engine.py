@@ -25,10 +25,11 @@ import torch
 
 from alignguard.config.schema import CoMergeGranularity
 from alignguard.merge import comerge
-from alignguard.merge.calibration import ActivationStats, RoutedStats
+from alignguard.merge.calibration import ActivationStats
 from alignguard.merge.diagnostics import LayerDiagnostics, layer_diagnostics, summarize
 from alignguard.merge.factorize import Factors, concat_factors, svd_factors, truncate_factors
 from alignguard.merge.lora_file import LoraFile, LoraLayer
+from alignguard.merge.routing import RoutedStats
 from alignguard.merge.strategies import ROW_WEIGHTED, STRATEGIES, merge_block, row_weights, trim_threshold
 
 # Entries per expert per row block: 1 MiB fp32 temporaries on CPU; big blocks on GPU (launch cost).

@@ -12,8 +12,9 @@ Providers are chosen by ``merge.calibration.source``:
   embeddings of both prompts; SDXL's pooled embeddings and time ids), plus up to
   ``benign_prompts`` rows of the empty prompt (classifier-free guidance's unconditional input)
   over safe images. CoProV2 has no benign prompts: the empty prompt stands for them.
-- ``auto``: ``toyworld`` for the toy model (ground-truth scenes and benign prompts), else
-  ``synthesis`` when ``<run>/synthesis`` is complete; otherwise an error that says what to do.
+- ``auto``: the model family's own source when it has one (``toyworld`` for the toy model:
+  ground-truth scenes and benign prompts), else ``synthesis`` when ``<run>/synthesis`` is complete;
+  otherwise an error that says what to do.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
 
 from alignguard.config.schema import ExperimentConfig
+from alignguard.families import get_family
 from alignguard.io import RunDir, stage_status
 from alignguard.merge.calibration import CalibrationData
 
@@ -44,8 +46,8 @@ def select_provider(config: ExperimentConfig, run: RunDir) -> tuple[str, Provide
     """The provider ``merge.calibration.source`` names (resolving ``auto``)."""
     source = config.merge.calibration.source
     if source == "auto":
-        if config.model.family == "toy":
-            source = "toyworld"
+        if family_source := get_family(config.model.family).calibration_source:
+            source = family_source
         elif stage_status(run.sub("synthesis"), verify_hashes=False).complete:
             source = "synthesis"
         else:

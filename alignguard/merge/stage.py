@@ -40,7 +40,7 @@ from alignguard.io import (
     stage_status,
     write_manifest,
 )
-from alignguard.merge.calibration import LayerMismatchError, collect_activation_stats, collect_routed_stats
+from alignguard.merge import LayerMismatchError, collect_activation_stats, collect_routed_stats
 from alignguard.merge.engine import MergeOptions, MergeResult, Stats, merge_experts
 from alignguard.merge.lora_file import LoraFile, LoraFormatError, lora_file_bytes, read_lora_bytes
 from alignguard.merge.plots import PLOT_NAMES, render_plots, render_refine_plot
@@ -367,7 +367,7 @@ def run_merge_stage(
     kinds = _calibration_kinds([main, *baselines.values()])
     pipe = None
     if kinds or config.merge.refine.steps:
-        from alignguard.models import load_pipeline
+        from alignguard.families import load_pipeline
 
         pipe = load_pipeline(config.model, device=device)
     if kinds:

@@ -115,8 +115,14 @@ def random_sdxl_pipeline(dtype: torch.dtype = torch.float32) -> StableDiffusionX
     ).to(dtype=dtype)
 
 
+RANDOM_PIPELINES = {"sd15": random_sd15_pipeline, "sdxl": random_sdxl_pipeline}
+
+
 def save_random_pipeline(family: str, directory: str | Path) -> Path:
-    """Write a random full-size pipeline in diffusers layout (fp32 on disk); returns the directory."""
-    pipe = random_sd15_pipeline() if family == "sd15" else random_sdxl_pipeline()
+    """Write a random full-size pipeline of ``family`` (a key of :data:`RANDOM_PIPELINES`) in
+    diffusers layout (fp32 on disk); returns the directory."""
+    if family not in RANDOM_PIPELINES:
+        raise ValueError(f"no random full-size {family!r} architecture (known: {sorted(RANDOM_PIPELINES)})")
+    pipe = RANDOM_PIPELINES[family]()
     pipe.save_pretrained(str(directory), safe_serialization=True)
     return Path(directory)

@@ -1,13 +1,15 @@
-"""Loading SD1.5, SD2.1, SDXL and the toy model through diffusers.
+"""Loading a diffusers text-to-image pipeline: the mechanics every model family shares.
 
 ``path`` is a local directory in diffusers layout or a hub id (``stable-diffusion-v1-5/
-stable-diffusion-v1-5``); with ``HF_HUB_OFFLINE=1`` only local files are used. The toy model
-(family ``toy``, path ``toyworld``) is the SD layout shipped in :mod:`alignguard.toyworld`.
+stable-diffusion-v1-5``); with ``HF_HUB_OFFLINE=1`` only local files are used. Which pipeline
+class a family uses and what its ``model.path`` names (the toy family's ``toyworld``) is the
+family's business: :func:`alignguard.families.load_pipeline` is the entry point.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -20,8 +22,6 @@ from diffusers import (
     EulerDiscreteScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
-    StableDiffusionPipeline,
-    StableDiffusionXLPipeline,
 )
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
@@ -36,12 +36,9 @@ SCHEDULERS = {
     "dpm++": DPMSolverMultistepScheduler,
     "lms": LMSDiscreteScheduler,
 }
-PIPELINE_CLASSES: dict[str, type[DiffusionPipeline]] = {
-    "toy": StableDiffusionPipeline,
-    "sd15": StableDiffusionPipeline,
-    "sd21": StableDiffusionPipeline,
-    "sdxl": StableDiffusionXLPipeline,
-}
+# ``from_pretrained`` arguments of an SD-layout pipeline without its safety checker: alignment is
+# measured by our own evaluators, and the checker would black out exactly the images under study.
+NO_SAFETY_CHECKER = {"safety_checker": None, "requires_safety_checker": False}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -65,34 +62,24 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def resolve_model_path(spec: ModelSection) -> str:
-    """The directory or hub id to load: ``toyworld`` maps to the shipped toy model."""
-    if spec.family == "toy" and spec.path == "toyworld":
-        from alignguard.toyworld.paths import shipped_model_dir  # the toy world is optional at import
-
-        return str(shipped_model_dir())
-    return spec.path
-
-
-def load_pipeline(
-    spec: ModelSection, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+def load_diffusers_pipeline(
+    spec: ModelSection,
+    pipeline_cls: type[DiffusionPipeline],
+    path: str,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    extra_kwargs: Mapping[str, object] | None = None,
 ) -> DiffusionPipeline:
-    """Load the text-to-image pipeline that ``spec`` names, on ``device`` in ``dtype``.
-
-    The safety checker of SD1.5/2.1 is disabled: alignment is measured by our own evaluators, and
-    the checker would black out exactly the images under study.
-    """
+    """Load ``pipeline_cls`` from ``path`` (already resolved by the family) as ``spec`` says, on
+    ``device`` in ``dtype``; ``extra_kwargs`` (the family's) go to ``from_pretrained``."""
     target = resolve_device(spec.device) if device is None else torch.device(device)
     torch_dtype = dtype or resolve_dtype(spec.dtype, target)
-    path = resolve_model_path(spec)
-    pipeline_cls = PIPELINE_CLASSES[spec.family]
     kwargs: dict = {"dtype": torch_dtype}
     if spec.revision:
         kwargs["revision"] = spec.revision
     if spec.variant:
         kwargs["variant"] = spec.variant
-    if pipeline_cls is StableDiffusionPipeline:
-        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    kwargs.update(extra_kwargs or {})
     try:
         pipe = pipeline_cls.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:

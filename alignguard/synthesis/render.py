@@ -19,9 +19,9 @@ import torch
 from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
 
 from alignguard.config.schema import ModelSection
+from alignguard.families import load_pipeline
 from alignguard.generation import generate
 from alignguard.imaging import to_uint8
-from alignguard.models.loading import load_pipeline
 
 CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 

@@ -30,8 +30,8 @@ def load_policy(config: ExperimentConfig, device: torch.device):
     """The UNet to train on ``device`` (with its LoRA, or wholly trainable) and the noise schedule."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
+    from alignguard.families import resolve_model_path
     from alignguard.lora import add_lora
-    from alignguard.models.loading import resolve_model_path
 
     path = resolve_model_path(config.model)
     unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet").to(device)
