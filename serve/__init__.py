@@ -8,6 +8,5 @@ generator (one pipeline per replica, the merged safety LoRA fused at start-up).
 - :mod:`serve.generator` (the deployment) around :mod:`serve.engine` (adapters and batched,
   seed-exact generation, no Ray) and :mod:`serve.adapters` (which names exist, run dir only);
 - :mod:`serve.guards`: where prompt and image guards plug in;
-- :mod:`serve.validate`: checking a Serve config file, including the keys Ray would ignore;
-- :mod:`serve.testing`: random-LoRA run directories and free ports for tests and benchmarks.
+- :mod:`serve.validate`: checking a Serve config file, including the keys Ray would ignore.
 """

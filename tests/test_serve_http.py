@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from serve_support import free_port, random_run_dir
 
 from alignguard.generation import generate
 from alignguard.imaging import to_uint8
 from alignguard.toyworld.reference import REFERENCE_RUN
 from serve.encoding import decode_image
-from serve.testing import free_port, random_run_dir
 
 pytestmark = pytest.mark.slow
 

@@ -11,6 +11,7 @@ import pydantic
 import pytest
 import torch
 import yaml
+from serve_support import random_run_dir
 
 from alignguard.config import ConfigError, load_config
 from alignguard.generation import generate
@@ -20,7 +21,6 @@ from serve.adapters import AdapterCatalog, AdapterError, AdapterPlan
 from serve.encoding import decode_image, encode_image
 from serve.engine import Engine, GenerationFailed, Job, adapter_weights
 from serve.schemas import request_model
-from serve.testing import random_run_dir
 
 torch.set_num_threads(1)
 

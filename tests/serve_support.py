@@ -1,4 +1,5 @@
-"""Helpers for tests and benchmarks of the service: random-LoRA run directories, free ports.
+"""Test support for the service (tests and benchmarks, not the product): random-LoRA run
+directories, free ports.
 
 A random LoRA (Gaussian ``lora_B``, so it really changes the images) stands in for trained
 experts and the merged adapter until those exist; it is saved exactly like a trained one
