@@ -20,7 +20,7 @@ from alignguard.toyworld.store import load_toy_pipeline
 from serve.adapters import AdapterCatalog, AdapterError, AdapterPlan
 from serve.encoding import decode_image, encode_image
 from serve.engine import Engine, GenerationFailed, Job, adapter_weights
-from serve.schemas import request_model
+from serve.schemas import GenerateRequest, RequestBounds
 
 torch.set_num_threads(1)
 
@@ -218,8 +218,9 @@ def test_a_failing_group_fails_only_its_own_jobs(tmp_path, run_dir):
 
 
 def test_request_model_enforces_the_configured_bounds():
-    limits = load_config("configs/toy.yaml").serve.limits
-    Request = request_model(limits, default_size=32, default_format="png")
+    config = load_config("configs/toy.yaml")
+    limits = config.serve.limits
+    Request = GenerateRequest.for_service(RequestBounds.from_config(config))
     ok = Request(prompt="a red bar")
     assert (ok.width, ok.height, ok.steps, ok.guidance, ok.num_images) == (32, 32, 10, 5.0, 1)
     bad = [
