@@ -312,3 +312,15 @@ def test_cli_checks_serve_configs_and_refuses_rays_worker_ports(repo, tmp_path, 
     assert "merged/pytorch_lora_weights.safetensors does not exist" in capsys.readouterr().err
     assert main(["serve", "--config", "configs/toy.yaml", "serve.api_key_env=AG_TEST_UNSET_KEY_VAR"]) == 2
     assert "$AG_TEST_UNSET_KEY_VAR is not set" in capsys.readouterr().err
+
+
+def test_launch_checks_resolve_the_port_and_refuse_a_detached_private_instance(tmp_path, capsys):
+    from serve.app import service_config
+    from serve.lifecycle import check_launch
+
+    config = service_config("configs/toy.yaml", [f"run.output_dir={tmp_path / 'no-run-yet'}"])
+    assert check_launch(config, None, None, detach=False) == config.serve.port
+    assert "BASE-ONLY mode" in capsys.readouterr().err
+    assert check_launch(config, 8123, "auto", detach=True) == 8123
+    with pytest.raises(ConfigError, match="--detach needs a running cluster"):
+        check_launch(config, 8123, "local", detach=True)
