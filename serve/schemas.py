@@ -100,7 +100,7 @@ class GenerateRequest(BaseModel):
     prompt: str = Field(
         min_length=1, description="what to draw; at most serve.limits.max_prompt_chars characters"
     )
-    negative_prompt: str | None = Field(None, description="what to avoid")
+    negative_prompt: str | None = Field(None, description="what to avoid; as long as a prompt may be")
     seed: int | None = Field(
         None, ge=0, le=MAX_SEED, description="image i uses seed + i; absent: a random seed"
     )
@@ -113,9 +113,15 @@ class GenerateRequest(BaseModel):
         allow_inf_nan=False,
         description="classifier-free guidance scale, at most serve.limits.max_guidance",
     )
-    width: int = Field(_DEFAULTS["width"], multiple_of=8, description="pixels, a multiple of 8")
-    height: int = Field(_DEFAULTS["height"], multiple_of=8, description="pixels, a multiple of 8")
-    num_images: int = Field(1, ge=1, description="images i = 0, 1, ... at seeds seed + i")
+    width: int = Field(
+        _DEFAULTS["width"], multiple_of=8, description="pixels, a multiple of 8 within serve.limits"
+    )
+    height: int = Field(
+        _DEFAULTS["height"], multiple_of=8, description="pixels, a multiple of 8 within serve.limits"
+    )
+    num_images: int = Field(
+        1, ge=1, description="images i = 0, 1, ... at seeds seed + i; at most serve.limits.max_images"
+    )
     adapter: str | None = Field(
         None,
         max_length=MAX_NAME_CHARS,
@@ -123,7 +129,7 @@ class GenerateRequest(BaseModel):
         "where allowed; see GET /v1/adapters",
     )
     lora_scale: float = Field(
-        1.0, allow_inf_nan=False, description="strength of the adapter, within serve.limits"
+        1.0, allow_inf_nan=False, description="strength of the adapter's LoRA, within serve.limits"
     )
     format: ImageFormat = Field(_DEFAULTS["format"], description="image encoding")
     response: Literal["json", "binary"] = Field(
@@ -140,11 +146,14 @@ class GenerateRequest(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _service_defaults(cls, data: Any) -> Any:
+        """A ``Field`` default is a constant of the class; the service's defaults fill what is missing."""
         return {**cls.bounds.defaults(), **data} if isinstance(data, dict) else data
 
-    @field_validator(*RequestBounds().constraints())
+    @field_validator(*RequestBounds().constraints())  # the fields with configured bounds
     @classmethod
     def _within_bounds(cls, value: Any, info: ValidationInfo) -> Any:
+        """Defined before ``_not_blank``, so a too-long prompt is reported as too long, as pydantic's
+        own ``max_length`` would."""
         if value is None:
             return value
         for kind, bound in cls.bounds.constraints()[info.field_name].items():
