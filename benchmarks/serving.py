@@ -30,6 +30,9 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: this checkout's code
+# Random-LoRA run directories and free ports come from the tests' support module: scaffolding, not
+# the product.
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import numpy as np
 import torch
@@ -47,7 +50,7 @@ def merged_run_dir(run: str | None, scratch: Path) -> tuple[Path, str]:
     """The run directory to serve, and where its merged LoRA came from."""
     if run and (Path(run) / "merged" / LORA_WEIGHT_NAME).exists():
         return Path(run), "trained"
-    from serve.testing import random_run_dir
+    from serve_support import random_run_dir
 
     return random_run_dir(scratch / "run", experts=["hate"]), "random"
 
@@ -273,8 +276,7 @@ def print_variants(single: dict, batched: dict) -> None:
 def run_serving(run: Path, per_client: int, engine, repeats: int) -> dict:
     import ray
     from ray import serve
-
-    from serve.testing import free_port
+    from serve_support import free_port
 
     ray.init(
         address="local",

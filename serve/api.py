@@ -59,7 +59,7 @@ def build_api(service: Service) -> FastAPI:
     app = FastAPI(title="AlignGuard", version=__version__, description=DESCRIPTION)
     _add_error_handlers(app)
     _add_gatekeeper(app, service)
-    GenerateRequest = service.Request
+    GenerateRequest = service.request_model  # with this service's bounds; /docs shows the name
     errors = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 411, 413, 422, 503, 504)}
 
     @app.post("/v1/generate", response_model=GenerateResponse, responses=errors)

@@ -22,7 +22,7 @@ from serve.adapters import NONE, AdapterCatalog, AdapterError, AdapterPlan
 from serve.encoding import encode_images
 from serve.engine import Job, JobResult
 from serve.guards import Guards, GuardUnavailable, Verdict
-from serve.schemas import MAX_SEED, MEDIA_TYPES, request_model
+from serve.schemas import MAX_SEED, MEDIA_TYPES, GenerateRequest, RequestBounds
 
 
 class ServiceError(Exception):
@@ -63,10 +63,6 @@ def token_limit(tokenizer, configured: int | None) -> int:
     return own if isinstance(own, int) and 0 < own < 100_000 else 77
 
 
-def default_size(config: ExperimentConfig) -> int:
-    return config.serve.limits.default_size or config.model.resolution
-
-
 def _unavailable_exceptions() -> tuple[type[BaseException], ...]:
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
     from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
@@ -93,8 +89,8 @@ class Service:
         self.tokenizer = tokenizer
         self.max_tokens = token_limit(tokenizer, self.serve.limits.max_prompt_tokens)
         self.guards = guards
-        self.size = default_size(config)
-        self.Request = request_model(self.serve.limits, self.size, self.serve.image_format)
+        # The request model FastAPI validates with: GenerateRequest with this service's bounds.
+        self.request_model = GenerateRequest.for_service(RequestBounds.from_config(config))
         self.api_key: str | None = None
 
     # -- validation beyond the request model --------------------------------------------------
@@ -119,7 +115,7 @@ class Service:
             error = {403: "adapter_forbidden", 404: "adapter_unavailable"}.get(exc.status, "invalid_adapter")
             raise ServiceError(exc.status, error, str(exc)) from None
 
-    def make_job(self, request: Any, plan: AdapterPlan, deadline: float = 0.0) -> Job:
+    def make_job(self, request: GenerateRequest, plan: AdapterPlan, deadline: float = 0.0) -> Job:
         if request.response == "binary" and request.num_images != 1:
             raise ServiceError(
                 422, "invalid_request", "response 'binary' returns one image: set num_images 1"
@@ -143,7 +139,7 @@ class Service:
 
     # -- the request ---------------------------------------------------------------------------
 
-    async def generate(self, request: Any) -> Outcome:
+    async def generate(self, request: GenerateRequest) -> Outcome:
         """Serve one validated ``GenerateRequest``; raises :class:`ServiceError`."""
         start = time.perf_counter()
         deadline = start + self.serve.request_timeout_s
@@ -179,7 +175,9 @@ class Service:
         }
         return Outcome(images, verdicts, metadata)
 
-    def _metadata(self, request: Any, job: Job, plan: AdapterPlan, result: JobResult, verdict) -> dict:
+    def _metadata(
+        self, request: GenerateRequest, job: Job, plan: AdapterPlan, result: JobResult, verdict
+    ) -> dict:
         return {
             "request_id": uuid.uuid4().hex,
             "format": request.format,

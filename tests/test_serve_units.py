@@ -11,6 +11,7 @@ import pydantic
 import pytest
 import torch
 import yaml
+from serve_support import random_run_dir
 
 from alignguard.config import ConfigError, load_config
 from alignguard.generation import generate
@@ -19,8 +20,7 @@ from alignguard.toyworld.store import load_toy_pipeline
 from serve.adapters import AdapterCatalog, AdapterError, AdapterPlan
 from serve.encoding import decode_image, encode_image
 from serve.engine import Engine, GenerationFailed, Job, adapter_weights
-from serve.schemas import request_model
-from serve.testing import random_run_dir
+from serve.schemas import GenerateRequest, RequestBounds
 
 torch.set_num_threads(1)
 
@@ -218,8 +218,9 @@ def test_a_failing_group_fails_only_its_own_jobs(tmp_path, run_dir):
 
 
 def test_request_model_enforces_the_configured_bounds():
-    limits = load_config("configs/toy.yaml").serve.limits
-    Request = request_model(limits, default_size=32, default_format="png")
+    config = load_config("configs/toy.yaml")
+    limits = config.serve.limits
+    Request = GenerateRequest.for_service(RequestBounds.from_config(config))
     ok = Request(prompt="a red bar")
     assert (ok.width, ok.height, ok.steps, ok.guidance, ok.num_images) == (32, 32, 10, 5.0, 1)
     bad = [
@@ -311,3 +312,15 @@ def test_cli_checks_serve_configs_and_refuses_rays_worker_ports(repo, tmp_path, 
     assert "merged/pytorch_lora_weights.safetensors does not exist" in capsys.readouterr().err
     assert main(["serve", "--config", "configs/toy.yaml", "serve.api_key_env=AG_TEST_UNSET_KEY_VAR"]) == 2
     assert "$AG_TEST_UNSET_KEY_VAR is not set" in capsys.readouterr().err
+
+
+def test_launch_checks_resolve_the_port_and_refuse_a_detached_private_instance(tmp_path, capsys):
+    from serve.app import service_config
+    from serve.lifecycle import check_launch
+
+    config = service_config("configs/toy.yaml", [f"run.output_dir={tmp_path / 'no-run-yet'}"])
+    assert check_launch(config, None, None, detach=False) == config.serve.port
+    assert "BASE-ONLY mode" in capsys.readouterr().err
+    assert check_launch(config, 8123, "auto", detach=True) == 8123
+    with pytest.raises(ConfigError, match="--detach needs a running cluster"):
+        check_launch(config, 8123, "local", detach=True)

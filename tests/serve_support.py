@@ -1,4 +1,5 @@
-"""Helpers for tests and benchmarks of the service: random-LoRA run directories, free ports.
+"""Test support for the service (tests and benchmarks, not the product): random-LoRA run
+directories, free ports, and a generator that waits at a gate the test opens.
 
 A random LoRA (Gaussian ``lora_B``, so it really changes the images) stands in for trained
 experts and the merged adapter until those exist; it is saved exactly like a trained one
@@ -65,3 +66,54 @@ def random_run_dir(
     for index, category in enumerate(experts, start=1):
         random_lora(root / "experts" / category, seed=seed + index, scale=scale)
     return root
+
+
+def gate_actor():
+    """A Ray actor the test opens: ``wait()`` blocks until ``open()``; ``waiting()`` counts callers."""
+    import asyncio
+
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Gate:
+        def __init__(self) -> None:
+            self.opened = asyncio.Event()
+            self.callers = 0
+
+        async def wait(self) -> None:
+            self.callers += 1
+            await self.opened.wait()
+
+        def open(self) -> None:
+            self.opened.set()
+
+        def waiting(self) -> int:
+            return self.callers
+
+    return Gate.remote()
+
+
+def gated_generator():
+    """The generator deployment, except that every pipeline call first waits at a gate (a
+    :func:`gate_actor` passed after the config): a test decides when the pipeline is busy and when
+    it frees up, whatever the machine's speed. ``pending_jobs()``: jobs queued behind the pipeline."""
+    import ray
+    from ray import serve
+
+    from serve.generator import Generator
+
+    class GatedGenerator(Generator.func_or_class):
+        def __init__(self, config: dict, gate) -> None:
+            super().__init__(config)
+            run = self.engine.run
+
+            def gated_run(jobs):
+                ray.get(gate.wait.remote())
+                return run(jobs)
+
+            self.engine.run = gated_run
+
+        async def pending_jobs(self) -> int:
+            return len(self._pending)
+
+    return serve.deployment(GatedGenerator, name="Generator")
