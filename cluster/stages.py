@@ -80,13 +80,7 @@ class _Render:
         outputs = self.render(shard)
         if self.store is not None:
             return _row(self.store(shard, outputs))
-        packed = {
-            name if isinstance(value, np.ndarray) else _JSON + name: (
-                value[None] if isinstance(value, np.ndarray) else np.array([json.dumps(value)])
-            )
-            for name, value in outputs.items()
-        }
-        return {"shard": batch["shard"], **packed}
+        return {"shard": batch["shard"], **_pack(outputs)}
 
 
 class _Store:
@@ -98,12 +92,29 @@ class _Store:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         shard = self.shard_type.from_json(str(batch["shard"][0]))
-        outputs = {
-            name.removeprefix(_JSON): json.loads(str(column[0])) if name.startswith(_JSON) else column[0]
-            for name, column in batch.items()
-            if name != "shard"
-        }
-        return _row(self.store(shard, outputs))
+        return _row(self.store(shard, _unpack(batch)))
+
+
+def _pack(outputs: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A renderer's outputs as one Ray Data row: arrays as tensor columns (no copy through
+    pickle), anything else as a JSON string column."""
+    packed = {}
+    for name, value in outputs.items():
+        if isinstance(value, np.ndarray):
+            packed[name] = value[None]
+        else:
+            packed[_JSON + name] = np.array([json.dumps(value)])
+    return packed
+
+
+def _unpack(batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    outputs = {}
+    for name, column in batch.items():
+        if name.startswith(_JSON):
+            outputs[name.removeprefix(_JSON)] = json.loads(str(column[0]))
+        elif name != "shard":
+            outputs[name] = column[0]
+    return outputs
 
 
 def _row(summary: dict) -> dict[str, np.ndarray]:

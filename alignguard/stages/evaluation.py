@@ -73,6 +73,7 @@ class EvaluationStage(ShardedStage[EvalShard]):
     directory = STAGE
     claims_directory = False  # shards carry their own keys: adding a model reuses the others
     shard_type = EvalShard
+    metrics: dict  # metrics.json's content, once sealed
 
     @cached_property
     def eval_plan(self) -> EvalPlan:

@@ -111,6 +111,7 @@ class PromptStage(ShardedStage[RequestShard]):
     sections = SECTIONS
     claims_directory = False
     shard_type = RequestShard
+    stats: WriteStats  # summed over every shard, once sealed
 
     def is_sealed(self, key: str) -> bool:
         return stage_status(self.stage_dir, key, verify_hashes=True).complete  # one small table

@@ -109,10 +109,12 @@ class ShardedStage(ABC, Generic[S]):
         """Whether the shard's marker exists, is for this very shard, and its files are whole."""
 
     @abstractmethod
-    def renderer(self) -> Pool: ...
+    def renderer(self) -> Pool:
+        """The render workers, ``factory(**kwargs)(shard) -> outputs`` (a model loaded once each)."""
 
     @abstractmethod
-    def store(self) -> Pool: ...
+    def store(self) -> Pool:
+        """The store workers, ``factory(**kwargs)(shard, outputs) -> summary``: files, marker last."""
 
     @property
     def max_failed_shards(self) -> int:

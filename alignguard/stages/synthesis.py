@@ -14,12 +14,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 
 from alignguard.config.identity import SYNTHESIS_SECTIONS, section_config
 from alignguard.config.schema import ExperimentConfig, ModelSection
+from alignguard.data.schema import PromptPair
 from alignguard.data.taxonomy import CATEGORIES
 from alignguard.io import Manifest, RunDir, describe_outputs, write_manifest
 from alignguard.stages.claim import PLAN_FILE
@@ -103,11 +105,15 @@ class SynthesisStage(ShardedStage[Shard]):
     sections = SYNTHESIS_SECTIONS
     shard_type = Shard
 
-    def plan(self) -> list[Shard]:
+    @cached_property
+    def split(self) -> tuple[list[PromptPair], list[PromptPair]]:
+        """The configured pairs: (rendered, held out)."""
         from alignguard.synthesis.sources import train_test_pairs
 
-        self.train, self.heldout = train_test_pairs(self.config, self.run_dir)
-        return plan_shards(self.train, self.config.run.seed, self.config.synthesis.batch_size)
+        return train_test_pairs(self.config, self.run_dir)
+
+    def plan(self) -> list[Shard]:
+        return plan_shards(self.split[0], self.config.run.seed, self.config.synthesis.batch_size)
 
     def is_done(self, shard: Shard) -> bool:
         return shard_is_complete(self.stage_dir, shard)
@@ -139,17 +145,18 @@ class SynthesisStage(ShardedStage[Shard]):
         return self.config.synthesis.max_failed_shards
 
     def seal(self, shards: Sequence[Shard], key: str, seconds: float, prepared: Any = None) -> None:
-        seal_synthesis(self.config, self.stage_dir, shards, self.heldout, key, seconds)
+        seal_synthesis(self.config, self.stage_dir, shards, self.split[1], key, seconds)
 
     def summarize(self, run: StageRun) -> SynthesisSummary:
         if run.already_complete:
             return summary_of_complete_stage(self.stage_dir)
+        train, heldout = self.split
         summary = SynthesisSummary(
-            pairs=len(self.train),
-            per_category=category_counts(p.category for p in self.train),
+            pairs=len(train),
+            per_category=category_counts(p.category for p in train),
             rendered_pairs=_pairs_in(run.pending) - _pairs_in(run.missing),
             skipped_pairs=_pairs_in(run.shards) - _pairs_in(run.pending),
-            heldout_pairs=len(self.heldout),
+            heldout_pairs=len(heldout),
             seconds=run.render_seconds,
             failed_shards=run.failed_shards,
             stage_uri=run.stage_uri,
@@ -162,7 +169,12 @@ class SynthesisStage(ShardedStage[Shard]):
 
 
 def seal_synthesis(
-    config: ExperimentConfig, stage: RunDir, shards: Sequence[Shard], heldout, key: str, seconds: float
+    config: ExperimentConfig,
+    stage: RunDir,
+    shards: Sequence[Shard],
+    heldout: Sequence[PromptPair],
+    key: str,
+    seconds: float,
 ) -> None:
     """``pairs.parquet`` from the markers of ``shards``, the held-out table, then the manifest."""
     from alignguard.synthesis.sources import pair_table_bytes
