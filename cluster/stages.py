@@ -32,6 +32,8 @@ def run_sharded_stage(stage: ShardedStage, force: bool = False) -> Any:
 
 
 class RayExecutor:
+    """Shards on Ray Data actor pools (sized and resourced by the stage); tasks as Ray tasks."""
+
     def run_shards(self, stage: ShardedStage, pending: Sequence) -> list[dict]:
         init_ray()
         ray.data.DataContext.get_current().max_errored_blocks = stage.max_failed_shards
