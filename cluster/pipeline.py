@@ -16,8 +16,7 @@ from alignguard.config.schema import ExperimentConfig
 from alignguard.data.taxonomy import CATEGORIES
 from alignguard.families import get_family
 from alignguard.io import RunDir
-
-STAGES = ("synthesis", "experts", "merge", "evaluation")
+from alignguard.stages.registry import STAGES, sharded_stage
 
 
 class PipelineStageError(RuntimeError):
@@ -71,6 +70,20 @@ def _evaluation(config: ExperimentConfig) -> list[str]:
     return run_evaluation(config).lines()
 
 
+def _sharded(name: str) -> Callable[[ExperimentConfig], list[str]]:
+    """The runner of a registered sharded stage without one of its own: the Ray Data runner."""
+
+    def run(config: ExperimentConfig) -> list[str]:
+        from cluster.stages import run_sharded_stage
+
+        summary = run_sharded_stage(sharded_stage(name, config))
+        if summary.failed_shards:
+            raise RuntimeError(f"{summary.failed_shards} shard(s) failed; rerun the pipeline to finish them")
+        return summary.lines()
+
+    return run
+
+
 RUNNERS: dict[str, Callable[[ExperimentConfig], list[str]]] = {
     "synthesis": _synthesis,
     "experts": _experts,
@@ -86,7 +99,7 @@ def run_pipeline(config: ExperimentConfig, stages: tuple[str, ...] = STAGES, ech
         echo(f"== {stage} ==")
         start = time.perf_counter()
         try:
-            lines = RUNNERS[stage](config)
+            lines = RUNNERS.get(stage, _sharded(stage))(config)
         except Exception as exc:
             raise PipelineStageError(stage, exc) from exc
         summary.timings[stage] = time.perf_counter() - start

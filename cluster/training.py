@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass
 from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from alignguard.config.identity import expert_config_hash
 from alignguard.config.schema import ExperimentConfig
 from alignguard.io import RunDir, stage_status
-from alignguard.synthesis.stage import expert_config_hash
 from alignguard.training.experts import ExpertSpec
 from cluster.expert_loop import train_loop
 from cluster.runtime import init_ray

@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from alignguard.config import ConfigError
     from alignguard.data import DataFormatError
     from alignguard.io import StorageError
-    from alignguard.synthesis.stage import StageConflictError
+    from alignguard.stages import StageConflictError
 
     args = build_parser().parse_args(argv)
     # transformers warns at import that torchvision is absent (never needed here): keep output readable.

@@ -33,13 +33,13 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 def check_synthesis(run: Path, logs: str) -> None:
     """The synthesis stage is sealed for THIS config, and holds every planned pair's two images."""
+    from alignguard.config.identity import sections_hash
     from alignguard.synthesis.sources import train_test_pairs
-    from alignguard.synthesis.stage import stage_config_hash
     from alignguard.synthesis.store import read_pairs_table
 
     config = load_config(SMOKE, [f"run.output_dir={run}"])
     stage = RunDir(str(run)).sub("synthesis")
-    status = stage_status(stage, stage_config_hash(config), verify_hashes=True)
+    status = stage_status(stage, sections_hash(config), verify_hashes=True)
     assert status.complete, status
     planned, _ = train_test_pairs(config, RunDir(str(run)))
     rows = read_pairs_table(stage)

@@ -10,7 +10,8 @@ import pytest
 
 from alignguard.config import ConfigError, load_config
 from alignguard.io import Manifest, RunDir, describe_outputs, stage_status, write_manifest
-from alignguard.merge.stage import BASELINES_DIR, MERGED_DIR, MergeInputError, check_experts
+from alignguard.merge.preflight import MergeInputError, check_experts
+from alignguard.merge.stage import BASELINES_DIR, MERGED_DIR
 from alignguard.merge.synthetic import write_random_experts
 from jobs.cli import main
 

@@ -8,8 +8,6 @@ Any problem raises :class:`ConfigError` with the full dotted key path.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from alignguard.config.identity import identity_hash
 from alignguard.config.schema import ExperimentConfig
 
 _EXTENDS_KEY = "extends"
@@ -69,8 +68,7 @@ def config_to_yaml(config: ExperimentConfig) -> str:
 
 def config_hash(config: ExperimentConfig) -> str:
     """A stable sha256 of the resolved config, for manifests."""
-    canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return identity_hash(config.model_dump(mode="json"))
 
 
 def _read_with_extends(path: Path, depth: int) -> dict[str, Any]:

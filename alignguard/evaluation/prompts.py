@@ -22,6 +22,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from alignguard.config.identity import identity_hash
 from alignguard.config.schema import EvaluationSection, PromptSetSpec
 from alignguard.data.taxonomy import CATEGORIES, Category
 from alignguard.families import get_family, known_families
@@ -219,7 +220,7 @@ def plan_shards(
             "shard": index,
             "size": len(records),
         }
-        key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()
+        key = identity_hash(key_source, spaced=True)
         shards.append(EvalShard(model, lora, prompt_set.name, index, prompt_set.is_toy, records, key))
     return shards
 

@@ -10,13 +10,12 @@ that model, and a rerun of a finished evaluation is a no-op.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from alignguard.config.identity import identity_hash
 from alignguard.config.schema import ExperimentConfig
 from alignguard.evaluation.evaluators import EvaluatorSettings, Skipped, pinned_settings, resolve_evaluators
 from alignguard.evaluation.models import BASE, EvalModel, SkippedModel, discover_models
@@ -94,7 +93,7 @@ def plan_evaluation(config: ExperimentConfig) -> EvalPlan:
         "report": report_settings,
         "skipped": [m.to_json() for m in skipped_models],
     }
-    plan.key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    plan.key = identity_hash(identity, spaced=True)
     return plan
 
 

@@ -20,15 +20,13 @@ retraining an expert invalidates it.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict
 
 from tqdm.auto import tqdm
 
+from alignguard.config.identity import identity_hash
 from alignguard.config.schema import ExperimentConfig
 from alignguard.io import (
     Manifest,
@@ -44,75 +42,12 @@ from alignguard.merge import LayerMismatchError, collect_activation_stats, colle
 from alignguard.merge.engine import MergeOptions, MergeResult, Stats, merge_experts
 from alignguard.merge.lora_file import LoraFile, LoraFormatError, lora_file_bytes, read_lora_bytes
 from alignguard.merge.plots import PLOT_NAMES, render_plots, render_refine_plot
+from alignguard.merge.preflight import LORA_NAME, as_input_error, preflight, variants
 
-LORA_NAME = "pytorch_lora_weights.safetensors"
 REPORT_NAME = "merge_report.json"
 STATS_NAME = "calibration_stats.safetensors"
 MERGED_DIR = "merged"
 BASELINES_DIR = "merge_baselines"
-
-
-class MergeInputError(ValueError):
-    """The run's experts (or calibration set) cannot be merged; the message says which and why."""
-
-
-@contextlib.contextmanager
-def _as_input_error(*errors: type[Exception]) -> Iterator[None]:
-    try:
-        yield
-    except errors as exc:
-        raise MergeInputError(str(exc)) from None
-
-
-def expert_paths(config: ExperimentConfig) -> dict[str, str]:
-    """Expert name → path of its LoRA file relative to the run directory."""
-    return {c: f"experts/{c}/{LORA_NAME}" for c in config.data.categories}
-
-
-def check_experts(run: RunDir, config: ExperimentConfig) -> dict[str, str]:
-    """The expert files, after checking each exists and its directory's manifest verifies."""
-    paths, problems = expert_paths(config), []
-    for name, rel in paths.items():
-        status = stage_status(run.sub(f"experts/{name}"), verify_hashes=False)
-        if not run.exists(rel):
-            problems.append(f"{name}: {run.url(rel)} is missing")
-        elif not status.complete:
-            why = "; ".join(status.reasons) or "no manifest.json (training did not finish)"
-            problems.append(f"{name}: {run.url('experts', name)} is not complete ({why})")
-    if problems:
-        raise MergeInputError("cannot merge, experts not ready:\n  " + "\n  ".join(problems))
-    return paths
-
-
-def preflight(run: RunDir, config: ExperimentConfig) -> dict[str, str]:
-    """Everything that can be checked without loading a model: the experts, and (for Co-Merge)
-    that a calibration set can be built. Returns the expert files."""
-    paths = check_experts(run, config)
-    main, baselines = variants(config)
-    if any(o.strategy == "co_merge" for o in (main, *baselines.values())):
-        from alignguard.merge.providers import CalibrationUnavailable, select_provider
-
-        with _as_input_error(CalibrationUnavailable):
-            select_provider(config, run)
-    if config.merge.refine.steps:
-        _check_refine_inputs(run)
-    return paths
-
-
-def _check_refine_inputs(run: RunDir) -> None:
-    """merge.refine distils over the synthesis stage's training cache: it must be there."""
-    from alignguard.synthesis.store import has_pair_cache
-
-    synthesis = run.sub("synthesis")
-    why = None
-    if not stage_status(synthesis, verify_hashes=False).complete:
-        why = f"{run.url('synthesis')} is not complete: run `alignguard synthesize` (or the pipeline) first"
-    elif not has_pair_cache(synthesis):
-        why = f"{run.url('synthesis')} has no training cache: synthesize with synthesis.cache_latents=true"
-    if why is not None:
-        raise MergeInputError(
-            f"merge.refine needs the synthesis stage's training cache, and {why}; or set merge.refine.steps=0"
-        )
 
 
 def load_experts(run: RunDir, paths: dict[str, str]) -> tuple[dict[str, LoraFile], dict[str, str]]:
@@ -121,33 +56,9 @@ def load_experts(run: RunDir, paths: dict[str, str]) -> tuple[dict[str, LoraFile
     for name, rel in paths.items():
         data = run.read_bytes(rel)
         hashes[name] = sha256_bytes(data)
-        with _as_input_error(LoraFormatError):
+        with as_input_error(LoraFormatError):
             experts[name] = read_lora_bytes(data, source=run.url(rel))
     return experts, hashes
-
-
-def variants(config: ExperimentConfig) -> tuple[MergeOptions, dict[str, MergeOptions]]:
-    """The configured merge and the baselines, as engine options."""
-    merge = config.merge
-    common = dict(
-        rank=merge.rank,
-        density=merge.density,
-        scale=merge.scale,
-        svd=merge.svd,
-        seed=config.run.seed,
-        ridge=merge.ridge,
-    )
-    main = MergeOptions(strategy=merge.strategy, granularity=merge.granularity, **common)
-    baselines = {}
-    for name in merge.baselines:
-        if name.startswith("co_merge_"):
-            options = MergeOptions(strategy="co_merge", granularity=name.removeprefix("co_merge_"), **common)
-        else:
-            options = MergeOptions(
-                strategy=name, **{**common, "rank": None if name == "concat" else merge.rank}
-            )
-        baselines[name] = options
-    return main, baselines
 
 
 def stage_hash(config: ExperimentConfig, expert_hashes: dict[str, str]) -> str:
@@ -158,7 +69,7 @@ def stage_hash(config: ExperimentConfig, expert_hashes: dict[str, str]) -> str:
         "seed": config.run.seed,
         "experts": expert_hashes,
     }
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    return identity_hash(key, spaced=True)
 
 
 def _is_done(run: RunDir, config: ExperimentConfig, key: str) -> bool:
@@ -193,7 +104,7 @@ def calibrate(
     each kind in ``kinds`` (one UNet pass per expert for ``activation``, two for ``routed``)."""
     from alignguard.merge.providers import CalibrationUnavailable, select_provider
 
-    with _as_input_error(CalibrationUnavailable):
+    with as_input_error(CalibrationUnavailable):
         source, provider = select_provider(config, run)
     data = provider(config, pipe, run)
     calibration = config.merge.calibration
@@ -210,7 +121,7 @@ def calibrate(
         scheduler_config=pipe.scheduler.config,
     )
     stats: dict[str, Stats] = {}
-    with tqdm(total=total, desc="calibration", unit="sample") as bar, _as_input_error(LayerMismatchError):
+    with tqdm(total=total, desc="calibration", unit="sample") as bar, as_input_error(LayerMismatchError):
         if "activation" in kinds:
             stats["activation"] = collect_activation_stats(**common, on_batch=bar.update)
         if "routed" in kinds:
@@ -320,7 +231,7 @@ def _refiner(config: ExperimentConfig, run: RunDir, pipe, experts, device, timin
 
     section = config.merge.refine
     options = RefineOptions(**section.model_dump())
-    with _as_input_error(FileNotFoundError, ValueError):
+    with as_input_error(FileNotFoundError, ValueError):
         data = refine_data(load_pair_cache(run.sub("synthesis")), list(experts))
 
     def refine(factors):

@@ -15,7 +15,7 @@ from alignguard.data.schema import PromptPair
 from alignguard.io.storage import RunDir
 from alignguard.toyworld.prompts import write_pairs
 
-LLM_PAIRS = "prompts/pairs.parquet"  # written by the prompt stage (cluster/prompts.py)
+LLM_PAIRS = "prompts/pairs.parquet"  # written by the prompt stage (alignguard/stages/prompts.py)
 
 
 def load_pairs(config: ExperimentConfig, run_dir: RunDir) -> list[PromptPair]:

@@ -70,9 +70,9 @@ def publish_expert(
     config: ExperimentConfig, expert: ExpertSpec, unet: torch.nn.Module, history: list[dict], seconds: float
 ) -> None:
     """Rank 0: the expert's diffusers-format LoRA, metrics and manifest (written last)."""
+    from alignguard.config.identity import expert_config_hash, expert_stage_config
     from alignguard.io import Manifest, RunDir, describe_outputs, write_manifest
     from alignguard.lora import save_lora
-    from alignguard.synthesis.stage import expert_config_hash, expert_stage_config
 
     stage = RunDir(config.run.output_dir).sub("experts", expert.name)
     with tempfile.TemporaryDirectory() as staging:

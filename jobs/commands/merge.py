@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from alignguard.merge.stage import MergeInputError
+    from alignguard.merge.preflight import MergeInputError
     from cluster.merge import run_merge
 
     config = load_args_config(args)

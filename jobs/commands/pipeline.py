@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from alignguard.stages.registry import STAGES  # the core's list: --help imports no Ray
 from jobs.commands._common import add_config_arguments, load_args_config
-
-# Mirrors cluster.pipeline.STAGES (not imported here: --help must not import Ray).
-STAGES = ("synthesis", "experts", "merge", "evaluation")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
