@@ -42,7 +42,9 @@ class ModelSection(Section):
         description="sampling scheduler replacing the model's own (same scheduler config); null keeps it",
     )
     resolution: PositiveInt = Field(
-        32, description="image height and width in pixels for synthesis and evaluation; a multiple of 8"
+        32,
+        description="image height and width in pixels of the synthesis renders (and the training cache), "
+        "and the service's default size; a multiple of 8",
     )
 
     @field_validator("resolution")

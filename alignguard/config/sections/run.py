@@ -13,7 +13,7 @@ class RunSection(Section):
     name: str = Field(
         "alignguard",
         pattern=NAME_PATTERN,
-        description="label of the run (letters, digits, '.', '_', '-'); recorded in the evaluation manifest",
+        description="label of the run (letters, digits, '.', '_', '-'); recorded in the evaluation metrics",
     )
     output_dir: RunLocation = Field(
         "runs/toy",

@@ -46,11 +46,15 @@ class ServeLimits(Section):
         1000, description="longest prompt (and negative prompt) in characters"
     )
     max_prompt_tokens: PositiveInt | None = Field(
-        None, description="null: the model tokenizer's own limit (77 for SD, 16 for the toy model)"
+        None,
+        description="longest prompt in tokens; null: the model tokenizer's own limit (77 for SD, 16 for the "
+        "toy model)",
     )
     min_size: PositiveInt = Field(64, description="smallest width and height in pixels; a multiple of 8")
     max_size: PositiveInt = Field(1024, description="largest width and height in pixels; a multiple of 8")
-    default_size: PositiveInt | None = Field(None, description="null: model.resolution")
+    default_size: PositiveInt | None = Field(
+        None, description="width and height when a request names none; null: model.resolution"
+    )
     max_steps: PositiveInt = Field(50, description="most denoising steps a request may ask for")
     default_steps: PositiveInt = Field(25, description="denoising steps when a request names none")
     max_guidance: NonNegativeFloat = Field(20.0, description="largest guidance scale a request may ask for")
@@ -143,7 +147,9 @@ class ServeSection(Section):
         False, description="refuse to start without the default adapter's weights (else: base-only mode)"
     )
     fuse_default_adapter: bool = Field(
-        True, description="fuse the merged LoRA into the UNet weights at start (no LoRA cost per request)"
+        True,
+        description="fuse the merged LoRA (when present) into the UNet at start: no LoRA cost on requests "
+        "that use it",
     )
     max_loaded_adapters: PositiveInt = Field(4, description="expert LoRAs resident per replica (LRU)")
     adapter_idle_s: PositiveFloat | None = Field(

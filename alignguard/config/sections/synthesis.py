@@ -26,7 +26,7 @@ class LLMSection(Section):
         None, description="YAML of category -> concepts; default: the built-in starter list"
     )
     prompts_per_concept: PositiveInt = Field(8, description="pairs requested for every concept")
-    batch_size: PositiveInt = Field(8, description="requests per Ray Data batch (one generate call each)")
+    batch_size: PositiveInt = Field(8, description="pair requests per Ray Data batch, generated together")
     max_new_tokens: PositiveInt = Field(
         256, description="token budget of each generated prompt; one not closed within it is malformed"
     )
