@@ -114,6 +114,8 @@ def test_config_explain_with_a_config_shows_its_value(repo, capsys):
     argv = ["config", "--config", str(repo / "configs/toy.yaml"), "--explain", "training.lora.rank"]
     assert main([*argv, "training.lora.rank=8"]) == 0
     assert "value:   8" in capsys.readouterr().out
+    assert main(["config", "--explain", "training.beta", "training.beta=3"]) == 0  # on the defaults
+    assert "value:   3.0" in capsys.readouterr().out
 
 
 def test_config_explain_an_unknown_key_names_close_matches():

@@ -22,7 +22,7 @@ def load_args_config(args: argparse.Namespace):
     """The validated config named by ``--config`` with the overrides applied."""
     from alignguard.config import load_config
 
-    return load_config(args.config, args.overrides)
+    return load_config(args.config, args.overrides)  # config None: the defaults
 
 
 def positive_int(text: str) -> int:

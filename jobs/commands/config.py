@@ -32,7 +32,9 @@ def run(args: argparse.Namespace) -> int:
     if args.explain is not None:
         from alignguard.config.explain import explain
 
-        print(explain(args.explain, load_args_config(args) if args.config else None))
+        # With --config or overrides, also show the key's value there (overrides alone: on the defaults).
+        config = load_args_config(args) if args.config or args.overrides else None
+        print(explain(args.explain, config))
         return 0
     if not args.config:
         raise ConfigError("--config FILE is required (or --explain KEY)")
