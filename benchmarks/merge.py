@@ -25,11 +25,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+# Random experts with real shapes come from the tests' support module: scaffolding, not the product.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
 import torch
+from merge_support import random_lora, sd15_attention_shapes
 
 from alignguard.merge import (
     ActivationStats,
@@ -44,7 +49,6 @@ from alignguard.merge import (
 from alignguard.merge.diagnostics import layer_diagnostics
 from alignguard.merge.engine import merge_delta
 from alignguard.merge.factorize import svd_factors
-from alignguard.merge.synthetic import random_lora, sd15_attention_shapes
 
 LORA = "pytorch_lora_weights.safetensors"
 ROW_WEIGHTED = ("linear", "task_arithmetic", "concat", "co_merge_row")

@@ -21,6 +21,8 @@ AlignGuard: safety alignment of text-to-image models (DPO safety experts + Co-Me
 
 Each job command reads an experiment YAML (configs/*.yaml) and accepts overrides, e.g.
   alignguard config --config configs/sd15.yaml training.lora.rank=8
+and every config key explains itself:
+  alignguard config --explain training.lora.rank
 """
 
 

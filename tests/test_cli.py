@@ -85,3 +85,50 @@ def test_job_script_runs_from_any_directory(repo, tmp_path):
     result = run(sys.executable, str(repo / "jobs/doctor.py"), "--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "usage: alignguard doctor" in result.stdout
+
+
+def test_config_explain_prints_type_default_and_help(capsys):
+    from alignguard.config.schema import TrainingSection
+
+    assert main(["config", "--explain", "training.lora.rank"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "training.lora.rank"
+    assert "type:    int (> 0)" in out and "default: 4" in out
+    assert TrainingSection.model_fields["beta"].description
+    assert main(["config", "--explain", "training.beta"]) == 0
+    assert TrainingSection.model_fields["beta"].description in capsys.readouterr().out
+
+
+def test_config_explain_a_section_lists_its_fields(capsys):
+    from alignguard.config.schema import TrainingSection
+
+    assert main(["config", "--explain", "training"]) == 0
+    out = capsys.readouterr().out
+    for name, field in TrainingSection.model_fields.items():
+        assert any(line.split()[:1] == [name] and field.description in line for line in out.splitlines()), (
+            name
+        )
+
+
+def test_config_explain_with_a_config_shows_its_value(repo, capsys):
+    argv = ["config", "--config", str(repo / "configs/toy.yaml"), "--explain", "training.lora.rank"]
+    assert main([*argv, "training.lora.rank=8"]) == 0
+    assert "value:   8" in capsys.readouterr().out
+    assert main(["config", "--explain", "training.beta", "training.beta=3"]) == 0  # on the defaults
+    assert "value:   3.0" in capsys.readouterr().out
+
+
+def test_config_explain_an_unknown_key_names_close_matches(capsys):
+    result = run("alignguard", "config", "--explain", "training.bta")
+    assert result.returncode == 2 and result.stdout == ""
+    assert "unknown config key 'training.bta'" in result.stderr and "training.beta" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert main(["config", "--explain", "beta"]) == 2  # a leaf name alone points at its full key
+    assert "training.beta" in capsys.readouterr().err
+    assert main(["config", "--explain", "training.beta.x"]) == 2
+    assert "training.beta is a value" in capsys.readouterr().err
+
+
+def test_config_needs_a_file_unless_it_explains(capsys):
+    assert main(["config"]) == 2
+    assert "--config FILE is required" in capsys.readouterr().err

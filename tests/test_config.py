@@ -140,3 +140,39 @@ def test_configs_are_frozen_and_hash_stably(repo):
         config.training.lora.rank = 99
     assert config_hash(config) == config_hash(load_config(repo / "configs/toy.yaml"))
     assert config_hash(config) != config_hash(load_config(repo / "configs/toy.yaml", ["run.seed=1"]))
+
+
+def _sections(annotation) -> list[type[pydantic.BaseModel]]:
+    """The config sections a field holds: itself, inside a tuple, or optional."""
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
+        return [annotation]
+    return [model for arg in typing.get_args(annotation) for model in _sections(arg)]
+
+
+def test_every_config_field_has_help_text():
+    # The schema is the reference documentation: `alignguard config --explain KEY` prints these.
+    missing, seen, todo = [], set(), [("", ExperimentConfig)]
+    while todo:
+        prefix, model = todo.pop()
+        for name, field in model.model_fields.items():
+            key = f"{prefix}{name}"
+            if not (field.description or "").strip():
+                missing.append(key)
+            for section in _sections(field.annotation):
+                if (key, section) not in seen:
+                    seen.add((key, section))
+                    todo.append((key + ".", section))
+    assert not missing, f"config fields without a description: {sorted(missing)}"
+    assert len(seen) >= 30  # every section was walked (nested ones included)
+
+
+def test_config_without_a_file_is_the_defaults_plus_overrides():
+    config = load_config(None, ["guard.policy.hate.action=block"])
+    assert config.guard.policy.hate.action == "block"
+    assert config.model_copy(update={"guard": ExperimentConfig().guard}) == ExperimentConfig()
+    with pytest.raises(ConfigError, match=r"run\.seed: Input should be a valid integer"):
+        load_config(None, ["run.seed.x=1"])
+    with pytest.raises(ConfigError, match=r"guard\.policy\.hate\.action"):
+        load_config(None, ["guard.policy.hate.action=maybe"])

@@ -47,7 +47,8 @@ def test_bad_inputs_exit_2_before_any_rendering(repo, tmp_path, capsys):
 def _random_loras(run: Path, config, up_std: float) -> None:
     """Experts, all_single, merged and two merge baselines as random LoRAs, each with the manifest
     its stage writes (the training code path: add_lora, random factors, save_lora)."""
-    from alignguard.merge.synthetic import write_random_experts
+    from merge_support import write_random_experts
+
     from alignguard.toyworld.store import load_toy_pipeline
 
     names = [*config.data.categories, "all_single"]
@@ -119,9 +120,9 @@ def _check_png(path: Path, min_height: int, min_width: int) -> None:
 
 @pytest.mark.slow
 def test_evaluate_end_to_end_agrees_with_the_toy_report(repo, tmp_path, ray_cluster, capsys):
+    from evaluation_support import save_random_inception, save_random_q16_prompts, save_tiny_clip
+
     from alignguard.config import load_config
-    from alignguard.evaluation.clip import save_random_q16_prompts, save_tiny_clip
-    from alignguard.evaluation.inception import save_random_inception
     from alignguard.evaluation.stage import toy_report_results
     from cluster.evaluation import run_evaluation
 

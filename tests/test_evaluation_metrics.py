@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from evaluation_support import save_random_inception, save_random_q16_prompts, save_tiny_clip
 
 from alignguard.config import ConfigError, load_config
 from alignguard.config.schema import EvaluationSection, PromptSetSpec
@@ -21,8 +22,6 @@ from alignguard.evaluation.clip import (
     Q16Error,
     check_q16_prompts,
     clip_scores,
-    save_random_q16_prompts,
-    save_tiny_clip,
 )
 from alignguard.evaluation.evaluators import EvaluatorSettings, resolve_evaluators
 from alignguard.evaluation.fid import FeatureStats, frechet_distance, inception_features
@@ -32,7 +31,6 @@ from alignguard.evaluation.inception import (
     _avg_pool_no_pad,
     check_inception_file,
     load_inception,
-    save_random_inception,
 )
 from alignguard.evaluation.metrics import pixel_distance, real_metrics, toy_metrics
 from alignguard.evaluation.models import discover_models

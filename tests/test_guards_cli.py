@@ -102,3 +102,19 @@ def test_guard_image_with_nudenet_and_bad_inputs(tmp_path, capsys):
     assert "not an image" in capsys.readouterr().err
     assert main(["guard", "image", str(path), "--set", "guard.output.nudenet_threshold=7"]) == 2
     assert "guard.output.nudenet_threshold" in capsys.readouterr().err
+
+
+def test_guard_set_uses_the_config_loaders_override_parser(repo, capsys):
+    # The same syntax and errors as every other command's overrides (alignguard.config.loader).
+    for bad, named in [
+        ("guard.policy.hate=block", "guard.policy.hate"),  # a section set to a value
+        ("guard.enabled.x=1", "guard.enabled"),  # a sub-key of a value
+        ("=1", "key.sub=value"),  # malformed
+        ("guard.polcy.hate.action=block", "guard.polcy"),  # unknown key
+    ]:
+        assert main(["guard", "prompt", UNSAFE, "--set", bad]) == 2, bad
+        assert named in capsys.readouterr().err, bad
+    toy = str(repo / "configs/toy.yaml")
+    argv = ["guard", "prompt", UNSAFE, "--config", toy, "--set", "guard.policy.sexual.action=blur"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["action"] == "blur"

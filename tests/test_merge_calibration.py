@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler
+from merge_support import linear_layer_shapes, random_lora
 
 from alignguard.config import load_config
 from alignguard.io import RunDir
 from alignguard.merge import CalibrationData, collect_activation_stats, lora_file_bytes
 from alignguard.merge.calibration import expert_hooks, noise_inputs
 from alignguard.merge.providers import encode_text, select_provider, toyworld_provider
-from alignguard.merge.synthetic import linear_layer_shapes, random_lora
 from alignguard.models import tiny_sd_pipeline, tiny_sdxl_pipeline
 
 CROSS_K = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from merge_support import random_lora
 from peft.utils import merge_utils
 
 from alignguard.merge import (
@@ -20,7 +21,6 @@ from alignguard.merge import (
 from alignguard.merge.comerge import element_winners, select
 from alignguard.merge.diagnostics import sign_conflicts
 from alignguard.merge.strategies import dense_merge, random_drop
-from alignguard.merge.synthetic import random_lora
 
 SHAPES = {"blocks.0.proj": (12, 20), "blocks.1.proj": (20, 12), "blocks.2.proj": (16, 16)}
 ALL_VARIANTS = [

@@ -7,12 +7,12 @@ import subprocess
 import sys
 
 import pytest
+from merge_support import write_random_experts
 
 from alignguard.config import ConfigError, load_config
 from alignguard.io import Manifest, RunDir, describe_outputs, stage_status, write_manifest
 from alignguard.merge.preflight import MergeInputError, check_experts
 from alignguard.merge.stage import BASELINES_DIR, MERGED_DIR
-from alignguard.merge.synthetic import write_random_experts
 from jobs.cli import main
 
 SMOKE = "configs/toy-smoke.yaml"

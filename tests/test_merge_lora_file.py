@@ -6,11 +6,11 @@ import copy
 
 import pytest
 import torch
+from merge_support import write_random_experts
 
 from alignguard.config.schema import LoraSection
 from alignguard.io import RunDir
 from alignguard.merge import LoraFormatError, MergeOptions, lora_file_bytes, merge_experts, read_lora_bytes
-from alignguard.merge.synthetic import write_random_experts
 from alignguard.models import tiny_sd_pipeline
 
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from merge_support import linear_layer_shapes, random_lora
 
 from alignguard.merge.lora_file import lora_file_bytes
 from alignguard.merge.refine import (
@@ -14,7 +15,6 @@ from alignguard.merge.refine import (
     refine_data,
     refine_factors,
 )
-from alignguard.merge.synthetic import linear_layer_shapes, random_lora
 from alignguard.models import tiny_sd_pipeline, tiny_sdxl_pipeline
 from alignguard.models.tiny import TINY_HIDDEN
 from alignguard.synthesis.store import PairCache

@@ -132,7 +132,8 @@ def test_merge_refines_co_merge_by_distilling_the_experts_through_the_cli(
     the refinement is part of the stage's key."""
     import shutil
 
-    from alignguard.merge.synthetic import write_random_experts
+    from merge_support import write_random_experts
+
     from alignguard.toyworld.report import load_lora
     from alignguard.toyworld.store import load_toy_pipeline
     from jobs.cli import main

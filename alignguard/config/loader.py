@@ -26,18 +26,22 @@ class ConfigError(ValueError):
     """An invalid configuration: the message names the key path and what to do."""
 
 
-def load_config(path: str | Path, overrides: Iterable[str] = ()) -> ExperimentConfig:
-    """Read ``path``, apply ``overrides`` (``"a.b=value"``) and validate.
+def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """Read ``path`` (None: the schema's defaults), apply ``overrides`` (``"a.b=value"``), validate.
+
+    This is the one override parser of every command (``alignguard guard --set`` included).
 
     Raises:
         ConfigError: the file is missing or not YAML, an override is malformed, or a key is
             unknown or its value invalid. The message names the dotted key.
     """
-    raw = _read_with_extends(Path(path), depth=0)
+    raw = {} if path is None else _read_with_extends(Path(path), depth=0)
+    overrides = list(overrides)
     for override in overrides:
         key, value = parse_override(override)
         _set_dotted(raw, key, value)
-    return config_from_dict(raw, source=str(path))
+    source = str(path) if path is not None else "defaults" + (" + overrides" if overrides else "")
+    return config_from_dict(raw, source=source)
 
 
 def config_from_dict(raw: Mapping[str, Any], source: str = "<dict>") -> ExperimentConfig:

@@ -229,20 +229,3 @@ def load_inception(path: str | Path, dims: int = 2048, device: str | torch.devic
     expected = model.state_dict()
     model.load_state_dict({k: v for k, v in load_file(str(path)).items() if k in expected}, strict=False)
     return model.to(device)
-
-
-def save_random_inception(path: str | Path, seed: int = 0) -> Path:
-    """Random FID Inception weights in the real layout (tests, dry runs): conv weights drawn
-    He-normal, BatchNorm statistics as initialised, so features are finite and vary by image."""
-    from safetensors.torch import save_file
-
-    torch.manual_seed(seed)
-    model = FIDInceptionV3(2048)
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    state = {
-        k: v.contiguous() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")
-    }
-    save_file(state, str(path))
-    return Path(path)

@@ -65,8 +65,6 @@ def train_and_publish(
     seed: int = 0,
 ) -> dict:
     """Embed, split, train, calibrate, evaluate, write head + report; returns a summary."""
-    from tqdm.auto import tqdm
-
     from alignguard.guards.prompt_guard import ASSETS_DIR
 
     started = time.perf_counter()
@@ -78,14 +76,7 @@ def train_and_publish(
     )
     table = _embed_all(pairs, plan, Path(cache_dir).expanduser() if cache_dir else None)
     embedded = time.perf_counter()
-    bar = tqdm(total=epochs, desc="training head", unit="epoch")
-
-    def on_epoch(epoch: int, loss: float) -> None:
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}")
-
-    bundle, report = fit_prompt_guard(pairs, table, plan, on_epoch)
-    bar.close()
+    bundle, report = _fit_with_progress(pairs, table, plan)
     bundle.info.update(
         {
             "data": {"file": Path(csv_path).name, "sha256": sha256_file(str(csv_path)), "pairs": len(pairs)},
@@ -105,6 +96,24 @@ def train_and_publish(
         },
     }
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    return _summary(out, report)
+
+
+def _fit_with_progress(pairs, table: EmbeddingTable, plan: GuardTrainingPlan):
+    """:func:`fit_prompt_guard` with a progress bar over the epochs."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=plan.head.epochs, desc="training head", unit="epoch") as bar:
+
+        def on_epoch(epoch: int, loss: float) -> None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+
+        return fit_prompt_guard(pairs, table, plan, on_epoch)
+
+
+def _summary(out: Path, report: dict) -> dict:
+    """What ``alignguard guard train`` prints: where the files went and the headline numbers."""
     return {
         "head": str(out / HEAD_FILE),
         "report": str(out / REPORT_FILE),

@@ -1,5 +1,8 @@
 """The reference run shipped with the package: a toy-world pipeline's 7 experts and merged LoRA.
 
+The files live in the data-only package ``alignguard_assets`` (package data, so an installed
+wheel has them too), not among the core modules.
+
 Serving and guard tests (and anyone who wants to call the guarded service before training) use
 it as a trained run directory: ``serve --config configs/toy.yaml run.output_dir=<REFERENCE_RUN>``.
 It is published from a finished run with ``python -m alignguard.toyworld.reference RUN_DIR``,
@@ -12,10 +15,11 @@ import shutil
 import sys
 from pathlib import Path
 
+import alignguard_assets
 from alignguard.data.taxonomy import CATEGORIES
 from alignguard.io import RunDir, stage_status
 
-REFERENCE_RUN = Path(__file__).resolve().parent / "reference_run"
+REFERENCE_RUN = Path(alignguard_assets.__file__).resolve().parent / "reference_run"
 STAGES = (*(f"experts/{category}" for category in CATEGORIES), "merged")
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """``--config FILE`` and positional ``key.sub=value`` overrides, shared by every job command."""
     parser.add_argument(
-        "--config", required=True, metavar="FILE", help="experiment YAML, e.g. configs/toy.yaml"
+        "--config", required=required, metavar="FILE", help="experiment YAML, e.g. configs/toy.yaml"
     )
     parser.add_argument(
         "overrides",
@@ -22,7 +22,7 @@ def load_args_config(args: argparse.Namespace):
     """The validated config named by ``--config`` with the overrides applied."""
     from alignguard.config import load_config
 
-    return load_config(args.config, args.overrides)
+    return load_config(args.config, args.overrides)  # config None: the defaults
 
 
 def positive_int(text: str) -> int:

@@ -124,22 +124,10 @@ def _user_errors(handler):
 
 
 def _guard_config(args: argparse.Namespace):
-    """The full config (for model.family too) from --config and --set."""
-    from alignguard.config import ConfigError, config_from_dict, load_config, parse_override
+    """The full config (for model.family too) from --config (default: built-in defaults) and --set."""
+    from alignguard.config import load_config
 
-    if args.config:
-        return load_config(args.config, args.overrides)
-    raw: dict = {}
-    for override in args.overrides:
-        key, value = parse_override(override)
-        *sections, leaf = key.split(".")
-        node = raw
-        for part in sections:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"{key}: {part} is a value, not a section")
-        node[leaf] = value
-    return config_from_dict(raw, source="--set")
+    return load_config(args.config, args.overrides)
 
 
 def _prompt_service(config):

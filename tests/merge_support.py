@@ -1,4 +1,4 @@
-"""Random LoRA experts with real shapes: for tests, benchmarks and dry runs before training exists.
+"""Test support (tests and benchmarks, not the product): random LoRA experts with real shapes.
 
 - :func:`sd15_attention_shapes`: the (out, in) of every ``to_q/to_k/to_v/to_out.0`` of the SD1.5
   UNet, read from the model built on the ``meta`` device (no weights, no hub).

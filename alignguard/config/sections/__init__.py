@@ -1,0 +1,1 @@
+"""The config sections, one module each; :mod:`alignguard.config.schema` assembles them."""
