@@ -1,6 +1,7 @@
 """Evaluation: IP, quality and over-blocking per category, and a report people can read.
 
-Module map (the Ray layer is ``cluster/evaluation.py``; the CLI ``alignguard evaluate``):
+Module map (the stage is :mod:`alignguard.stages.evaluation`, run on Ray by ``cluster/stages.py``; the
+CLI ``alignguard evaluate``):
 
 - :mod:`.prompts`: prompt sets (toy suite, CoProV2 pairs, I2P/UD/COCO CSVs) as seeded records, shards.
 - :mod:`.models`: which models of a run are evaluated, which are skipped and why.

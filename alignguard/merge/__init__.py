@@ -5,8 +5,8 @@ separately), and the merged ΔW is re-factorised exactly (concatenated rank, or 
 or by truncated SVD to a chosen rank, reporting the energy kept. See :mod:`.engine`,
 :mod:`.comerge` (our reading of the paper's Co-Merge), :mod:`.strategies` (the baselines),
 :mod:`.calibration` and :mod:`.routing` (what the experts do to each layer's inputs), :mod:`.refine`
-(distilling the experts into the merged LoRA end to end) and :mod:`.stage` (the run-directory stage
-the merge actor runs).
+(distilling the experts into the merged LoRA end to end), :mod:`.preflight` (the checks that refuse a
+merge before any work) and :mod:`.stage` (the run-directory stage the merge actor runs).
 """
 
 from alignguard.merge.calibration import (
