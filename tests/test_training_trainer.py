@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler
+from training_support import random_pair_cache
 
 from alignguard.config.schema import LoraSection, TrainingSection
 from alignguard.lora import add_lora
 from alignguard.models import tiny_sd_pipeline
-from alignguard.synthesis.store import PairCache
 from alignguard.training.batches import PreferenceSampler
 from alignguard.training.engine import TorchEngine, plain_engine, warmup_factor
 from alignguard.training.step import preference_loss
@@ -42,17 +42,7 @@ TRAINING = TrainingSection(
 
 
 def _sampler(training: TrainingSection) -> PreferenceSampler:
-    rng = np.random.default_rng(0)
-    n = 6
-    tensors = {
-        "latents_safe": rng.normal(size=(n, 4, 16, 16)).astype(np.float32),
-        "latents_unsafe": rng.normal(size=(n, 4, 16, 16)).astype(np.float32),
-        "text_safe": rng.normal(size=(n, 16, 32)).astype(np.float32),
-        "text_unsafe": rng.normal(size=(n, 16, 32)).astype(np.float32),
-    }
-    cache = PairCache(
-        [str(i) for i in range(n)], [["hate"]] * n, tensors, {"text": np.zeros((1, 16, 32), np.float32)}
-    )
+    cache = random_pair_cache(6, seed=0)
     return PreferenceSampler(cache, training.strategy, training.caption_dropout, training.batch_size, seed=0)
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler
+from training_support import random_pair_cache
 
 from alignguard.config.schema import LoraSection, TrainingSection
 from alignguard.lora import add_lora
@@ -109,17 +110,7 @@ def tiny_unet():
 
 
 def _latent_batch(seed: int = 0):
-    rng = np.random.default_rng(seed)
-    n = 4
-    tensors = {
-        "latents_safe": rng.normal(size=(n, 4, 16, 16)).astype(np.float32),
-        "latents_unsafe": rng.normal(size=(n, 4, 16, 16)).astype(np.float32),
-        "text_safe": rng.normal(size=(n, 16, 32)).astype(np.float32),
-        "text_unsafe": rng.normal(size=(n, 16, 32)).astype(np.float32),
-    }
-    cache = PairCache(
-        [str(i) for i in range(n)], [["hate"]] * n, tensors, {"text": np.zeros((1, 16, 32), np.float32)}
-    )
+    cache = random_pair_cache(4, seed)
     return PreferenceSampler(cache, "both_prompts", 0.0, 4, seed=0).batch(0)
 
 
